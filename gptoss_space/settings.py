@@ -1,0 +1,100 @@
+"""All configuration in one class: environment variables with the GPTOSS_ prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Loopback plus the private ranges a Space's (or any reverse) proxy sits in.
+DEFAULT_TRUSTED_PROXIES = [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+]
+
+
+class Settings(BaseSettings):
+    """Every knob of the app. Bounds here also feed the API validation and the UI sliders."""
+
+    model_config = SettingsConfigDict(env_prefix="GPTOSS_", extra="ignore", populate_by_name=True)
+
+    # Server (Gradio's convention, so `python app.py` runs unchanged on a Space).
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("GRADIO_SERVER_NAME", "GPTOSS_HOST", "host"),
+        description="Address to listen on (GRADIO_SERVER_NAME).",
+    )
+    port: int = Field(
+        7860,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("GRADIO_SERVER_PORT", "GPTOSS_PORT", "port"),
+        description="Port to listen on (GRADIO_SERVER_PORT).",
+    )
+
+    # Backend and model.
+    backend: Literal["local", "proxy"] = Field("local", description="local: transformers in-process; proxy: an upstream API.")
+    model: str = Field("", description="Local directory or Hub id; empty means the embedded SmolLM2-135M-Instruct.")
+    model_name: str = Field("", description="Public model name in answers; empty means the loaded model's id.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "gptoss-space",
+        description="Where the converted embedded model is cached (save_pretrained).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bf16 on CUDA and on CPUs with bf16 support, else float32."
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most sequences decoded together in the local backend.")
+    hf_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("HF_TOKEN", "GPTOSS_HF_TOKEN", "hf_token"),
+        description="Hub token for gated models (HF_TOKEN). Never logged or shown.",
+    )
+
+    # Proxy backend.
+    upstream_url: str = Field("", description="Full URL of the upstream chat endpoint (proxy mode).")
+    upstream_api_key: SecretStr | None = Field(None, description="Bearer token for the upstream. Never logged or shown.")
+    upstream_model: str = Field("", description="`model` sent upstream; empty sends none.")
+    upstream_attempts: int = Field(3, ge=1, le=10, description="Attempts in all for a failing upstream call.")
+    upstream_backoff_s: float = Field(0.5, ge=0.0, le=30.0, description="First retry delay; doubles each attempt.")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, le=120, description="Upstream connect timeout.")
+    upstream_read_timeout_s: float = Field(60.0, gt=0, le=3600, description="Upstream read timeout between bytes.")
+
+    # Generation defaults and bounds (the API validates against these; the UI sliders use them).
+    default_temperature: float = Field(0.8, ge=0.0, le=2.0, description="temperature when a request sends none.")
+    default_top_p: float = Field(0.9, gt=0.0, le=1.0, description="top_p when a request sends none.")
+    max_tokens_cap: int = Field(2048, ge=1, le=131072, description="Server cap on generated tokens (max_tokens -1 means this).")
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000, description="Largest request body accepted (413 above).")
+    max_messages: int = Field(256, ge=1, le=10_000, description="Most messages in one request.")
+    max_total_chars: int = Field(200_000, ge=100, le=10_000_000, description="Most characters of message content in one request.")
+    request_timeout_s: float = Field(300.0, gt=0, le=3600, description="Wall-clock limit of one generation.")
+
+    # Prompting.
+    system_prompt: str = Field("You are a helpful assistant.", description="Base system prompt; empty for none.")
+    inject_system_prompt: bool = Field(True, description="Prepend the base system prompt.")
+    inject_datetime: bool = Field(True, description="Prepend the current UTC date and time to the system message.")
+
+    # Rate limiting (per client IP).
+    rate_limit_enabled: bool = Field(True, description="Apply the per-client gate.")
+    rate_limit_per_second: float = Field(2.0, gt=0, le=1000, description="Most request starts per client in any second.")
+    rate_limit_min_interval_ms: int = Field(500, ge=0, le=60_000, description="Least time between two starts of a client.")
+    rate_limit_queue_per_client: int = Field(8, ge=0, le=1000, description="Most waiting requests per client (429 above).")
+    rate_limit_queue_total: int = Field(512, ge=1, le=100_000, description="Most waiting requests in all (503 above).")
+    rate_limit_idle_evict_s: float = Field(60.0, gt=0, le=86_400, description="Forget a client idle this long.")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TRUSTED_PROXIES),
+        description="Addresses/CIDRs whose X-Forwarded-For is believed (JSON list).",
+    )
+
+    # Logging.
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_content: bool = Field(False, description="Log prompts and answers (off: only sizes and timings).")
+
+    def public_model_name(self, loaded_id: str) -> str:
+        return self.model_name or loaded_id
