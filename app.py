@@ -1,0 +1,15 @@
+"""Entry point: `python app.py` serves the API and the page on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (7860)."""
+
+import logging
+
+import uvicorn
+
+from gptoss_space.server import create_app
+from gptoss_space.settings import Settings
+
+settings = Settings()
+logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+app = create_app(settings)
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)

@@ -1,0 +1,121 @@
+"""Thin routes: POST /api, /api/gpt-oss-2t, /v1/chat/completions; GET /api (health), /v1/models."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from .clientip import TrustedProxies, client_ip
+from .errors import APIError, ErrorStyle, NotFound
+from .httpio import ClientGone, ReleasingStreamingResponse, read_body, until_disconnect
+from .responses import collect, sse_events
+from .schemas import now_unix, parse_body, validate_request
+from .service import ChatService
+from .sse import SSE_HEADERS
+
+log = logging.getLogger(__name__)
+
+# 499: the client closed the connection (nginx's convention); nobody reads this answer.
+CLIENT_CLOSED = 499
+
+
+def build_router(service: ChatService) -> APIRouter:
+    router = APIRouter()
+    settings = service.settings
+    trusted = TrustedProxies.from_settings(settings)
+
+    def client_of(request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return client_ip(peer, request.headers.get("x-forwarded-for"), trusted)
+
+    async def chat(request: Request, *, style: ErrorStyle, stream_default: bool) -> Response:
+        raw = await read_body(request, settings.max_body_bytes)
+        body = validate_request(parse_body(raw, max_bytes=settings.max_body_bytes), stream_default=stream_default)
+        gen = service.build(body)
+        client = client_of(request)
+        request.state.client_id = client
+        try:
+            ticket = await until_disconnect(request, service.admit(client))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        request.state.rate_headers = ticket.headers
+        deltas = service.generate(gen)
+        try:
+            if not body.stream:
+                answer = await until_disconnect(request, collect(deltas, service.model_name))
+                return JSONResponse(answer, headers=ticket.headers)
+            # The first delta before any byte: errors up to then (context too long, overload) keep their status.
+            first = await until_disconnect(request, anext(deltas, None))
+        except ClientGone:
+            await deltas.aclose()
+            ticket.release()
+            return Response(status_code=CLIENT_CLOSED)
+        except BaseException:
+            await deltas.aclose()
+            ticket.release()
+            raise
+        finally:
+            if not body.stream:
+                ticket.release()
+        events = sse_events(first, deltas, model=service.model_name, style=style, include_usage=body.include_usage)
+        return ReleasingStreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **ticket.headers},
+            on_close=ticket.release,
+        )
+
+    @router.post("/api", tags=["chat"], summary="Chat completion (seed contract; streams by default)")
+    @router.post("/api/gpt-oss-2t", tags=["chat"], summary="Alias of POST /api")
+    async def seed_chat(request: Request) -> Response:
+        return await chat(request, style="seed", stream_default=True)
+
+    @router.post("/v1/chat/completions", tags=["openai"], summary="OpenAI-compatible chat completion")
+    async def openai_chat(request: Request) -> Response:
+        return await chat(request, style="openai", stream_default=False)
+
+    @router.get("/api", tags=["health"], summary="Health check: status, model, backend, rate limits")
+    @router.get("/api/gpt-oss-2t", tags=["health"], summary="Alias of GET /api")
+    async def health() -> JSONResponse:
+        backend = service.backend
+        check = getattr(backend, "check", None)
+        if check is not None:
+            await check()
+        info = backend.health()
+        status = "ok" if backend.ready else ("error" if info.get("load_error") else "loading")
+        body = {
+            "status": status,
+            "model": service.model_name,
+            "backend": backend.kind,
+            "details": info,
+            "rate_limit": service.gate.stats(),
+            "usage": service.stats(),
+            "endpoints": ["POST /api", "POST /api/gpt-oss-2t", "POST /v1/chat/completions", "GET /v1/models"],
+        }
+        return JSONResponse(body, status_code=200 if backend.ready else 503)
+
+    def model_card() -> dict:
+        return {"id": service.model_name, "object": "model", "created": now_unix(), "owned_by": "gptoss-space"}
+
+    @router.get("/v1/models", tags=["openai"], summary="The model this server serves")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @router.get("/v1/models/{model_id:path}", tags=["openai"], summary="One model")
+    async def model(model_id: str) -> dict:
+        if model_id != service.model_name:
+            raise NotFound(f"The model '{model_id}' does not exist", param="model")
+        return model_card()
+
+    return router
+
+
+def error_style(path: str) -> ErrorStyle:
+    return "openai" if path.startswith("/v1") else "seed"
+
+
+def error_response(request: Request, exc: APIError) -> JSONResponse:
+    headers = {**getattr(request.state, "rate_headers", {}), **exc.headers()}
+    return JSONResponse(exc.body(error_style(request.url.path)), status_code=exc.status, headers=headers)

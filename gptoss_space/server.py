@@ -1,0 +1,109 @@
+"""The app factory: FastAPI with CORS, error handlers, lifespan, the API routes and the Gradio page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from .api import build_router, error_response, error_style
+from .backends import Backend, make_backend
+from .errors import APIError, GenerationFailed, NotFound
+from .ratelimit import make_gate
+from .service import ChatService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXPOSED_HEADERS = [
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "X-Queue-Time",
+]
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None, *, with_ui: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    backend = backend or make_backend(settings)
+    gate = make_gate(settings)
+    service = ChatService(settings, backend, gate)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await gate.start()
+        # Load in the background: the port opens at once and GET /api says "loading" until ready.
+        loading = asyncio.create_task(_start_backend(backend))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await backend.close()
+            await gate.close()
+
+    app = FastAPI(
+        title="gptoss-space",
+        description="A free, rate-limited, OpenAI-compatible chat API.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=EXPOSED_HEADERS,
+        max_age=86400,
+    )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return error_response(request, exc)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(request, GenerationFailed("Internal server error"))
+
+    @app.exception_handler(404)
+    async def on_not_found(request: Request, exc) -> JSONResponse:
+        return error_response(request, NotFound(f"No route for {request.method} {request.url.path}"))
+
+    @app.exception_handler(405)
+    async def on_bad_method(request: Request, exc) -> JSONResponse:
+        err = APIError(f"Method {request.method} is not allowed on {request.url.path}")
+        err.status, err.type = 405, "invalid_request_error"
+        return JSONResponse(err.body(error_style(request.url.path)), status_code=405)
+
+    app.include_router(build_router(service))
+    if with_ui:
+        from .ui import mount_ui
+
+        app = mount_ui(app, service, settings)
+    return app
+
+
+async def _start_backend(backend: Backend) -> None:
+    try:
+        await backend.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("backend failed to start")

@@ -1,0 +1,140 @@
+"""ChatService: one path for the API and the page: bounds, gate, system prompt, backend, usage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from .backends import Backend, Delta, GenerationRequest
+from .errors import GenerationTimeout, InvalidRequest, ModelLoading
+from .prompting import PromptOptions, compose_messages, utc_now
+from .ratelimit import Ticket
+from .schemas import ChatRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatService:
+    def __init__(self, settings, backend: Backend, gate):
+        self.settings = settings
+        self.backend = backend
+        self.gate = gate
+        self.usage = Usage()
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.public_model_name(self.backend.model_id)
+
+    def default_options(self) -> PromptOptions:
+        s = self.settings
+        return PromptOptions(s.system_prompt, s.inject_system_prompt, s.inject_datetime)
+
+    def build(self, chat: ChatRequest, options: PromptOptions | None = None) -> GenerationRequest:
+        """Bounds that do not need the model, checked before the request queues (so 400s cost nothing)."""
+        s = self.settings
+        if len(chat.messages) > s.max_messages:
+            raise InvalidRequest(f"Invalid 'messages': at most {s.max_messages} messages are allowed", param="messages")
+        chars = sum(len(m.text()) for m in chat.messages)
+        if chars > s.max_total_chars:
+            raise InvalidRequest(
+                f"Invalid 'messages': {chars} characters of content; the limit is {s.max_total_chars}", param="messages"
+            )
+        wanted = chat.requested_max_tokens
+        if wanted > s.max_tokens_cap:
+            field = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
+            raise InvalidRequest(
+                f"Invalid '{field}': {wanted} is above this server's cap of {s.max_tokens_cap} (use -1 for the most allowed)",
+                param=field,
+            )
+        options = options or self.default_options()
+        now = utc_now()
+        native_date = bool(getattr(self.backend, "native_date", False))
+        return GenerationRequest(
+            messages=compose_messages(chat.messages, options, now, date_in_text=not native_date),
+            max_tokens=None if wanted == -1 else wanted,
+            temperature=s.default_temperature if chat.temperature is None else chat.temperature,
+            top_p=s.default_top_p if chat.top_p is None else chat.top_p,
+            stop=chat.stop_list,
+            seed=chat.seed,
+            presence_penalty=chat.presence_penalty or 0.0,
+            frequency_penalty=chat.frequency_penalty or 0.0,
+            reasoning_effort=chat.effort,
+            now=now,
+            inject_datetime=options.inject_datetime,
+        )
+
+    async def admit(self, client: str) -> Ticket:
+        """Wait for this client's turn (FIFO); raises RateLimited / Overloaded / ModelLoading."""
+        if not self.backend.ready:
+            raise ModelLoading("Model is loading, try again shortly", retry_after=5)
+        return await self.gate.acquire(client)
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """The backend's deltas under the wall-clock limit; counts usage. Closing it cancels generation."""
+        self.usage.requests += 1
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        stream = self.backend.stream(req)
+        finished = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        delta = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise GenerationTimeout(
+                        f"Generation took longer than the {self.settings.request_timeout_s:g} s limit"
+                    ) from None
+                if delta.finish_reason:
+                    finished = True
+                    self.usage.completed += 1
+                    self.usage.prompt_tokens += delta.prompt_tokens or 0
+                    self.usage.completion_tokens += delta.completion_tokens or 0
+                    if self.settings.log_content:
+                        log.info("finished: %s", delta.finish_reason)
+                yield delta
+        except GeneratorExit:
+            self.usage.cancelled += 1
+            raise
+        except Exception:
+            self.usage.failed += 1
+            raise
+        finally:
+            await stream.aclose()
+            if not finished:
+                log.debug("generation ended before finishing")
+
+    @asynccontextmanager
+    async def session(self, chat: ChatRequest, client: str, options: PromptOptions | None = None):
+        """For callers without an HTTP response to hang the ticket on (the page): admit, generate, release."""
+        req = self.build(chat, options)
+        ticket = await self.admit(client)
+        try:
+            yield ticket, self.generate(req)
+        finally:
+            ticket.release()
+
+    def stats(self) -> dict:
+        u = self.usage
+        return {
+            "requests": u.requests,
+            "completed": u.completed,
+            "failed": u.failed,
+            "cancelled": u.cancelled,
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+        }
