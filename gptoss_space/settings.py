@@ -96,5 +96,15 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     log_content: bool = Field(False, description="Log prompts and answers (off: only sizes and timings).")
 
+    # Spaces.
+    zero_gpu: bool = Field(
+        False,
+        validation_alias=AliasChoices("SPACES_ZERO_GPU", "GPTOSS_ZERO_GPU", "zero_gpu"),
+        description="On ZeroGPU hardware (SPACES_ZERO_GPU, set by Hugging Face): generation runs under @spaces.GPU.",
+    )
+    zero_gpu_base_s: int = Field(15, ge=1, le=600, description="ZeroGPU seconds asked for one generation besides its tokens.")
+    zero_gpu_tokens_per_s: float = Field(20.0, gt=0, le=100_000, description="Decoding speed assumed when sizing a ZeroGPU request.")
+    zero_gpu_max_duration_s: int = Field(120, ge=1, le=3600, description="Most ZeroGPU seconds one generation may ask for.")
+
     def public_model_name(self, loaded_id: str) -> str:
         return self.model_name or loaded_id
