@@ -107,7 +107,7 @@ class ChatService:
                     if self.settings.log_content:
                         log.info("finished: %s", delta.finish_reason)
                 yield delta
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
             self.usage.cancelled += 1
             raise
         except Exception:

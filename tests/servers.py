@@ -1,0 +1,74 @@
+"""A real uvicorn server on a loopback address in a background thread, for tests; stops by itself."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+
+class LiveServer:
+    """`with LiveServer(app) as server: httpx.get(server.url + "/api")`.
+
+    `lifespan` "on" runs the app's startup (model loading for the real app); `wait_ready` polls a
+    path until it answers 200 (GET /api says 503 "loading" until the model is ready).
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", *, lifespan: str = "on", ready_path: str | None = None,
+                 ready_timeout: float = 180.0):
+        self.app, self.host, self.lifespan = app, host, lifespan
+        self.ready_path, self.ready_timeout = ready_path, ready_timeout
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "LiveServer":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, lifespan=self.lifespan, log_config=None, access_log=False,
+                                loop="asyncio", http="h11", timeout_graceful_shutdown=2)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name=f"live-server-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        if self.ready_path:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.url}{self.ready_path} never answered 200")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def __enter__(self) -> "LiveServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
