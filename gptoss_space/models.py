@@ -19,6 +19,50 @@ EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass
+class LoadProgress:
+    """What GET /api shows while the model loads: the phase and, while downloading, the bytes."""
+
+    phase: str = "starting"  # starting | downloading | converting | loading | ready | failed
+    done_bytes: int = 0
+    total_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        out: dict = {"phase": self.phase}
+        if self.total_bytes:
+            out.update(done_bytes=self.done_bytes, total_bytes=self.total_bytes,
+                       fraction=round(self.done_bytes / self.total_bytes, 3))
+        return out
+
+
+def progress_bar_class(progress: LoadProgress):
+    """A tqdm class for huggingface_hub that records download bytes and logs every 10%."""
+    from tqdm.auto import tqdm
+
+    class RecordingTqdm(tqdm):
+        # Counted here too: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS) keeps no state of its own.
+        def __init__(self, *args, **kwargs):
+            self._bytes = kwargs.get("unit") == "B"
+            self._total = kwargs.get("total") or 0
+            self._done = kwargs.get("initial") or 0
+            self._logged = -1
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            out = super().update(n)
+            self._done += n or 0
+            self._total = getattr(self, "total", None) or self._total
+            if self._bytes and self._total:
+                progress.done_bytes, progress.total_bytes = int(self._done), int(self._total)
+                tenth = int(10 * self._done / self._total)
+                if tenth != self._logged:
+                    self._logged = tenth
+                    log.info("downloading: %d%% of %.1f MB", 10 * tenth, self._total / 1e6)
+            return out
+
+    return RecordingTqdm
+
+
+@dataclass
 class LoadedModel:
     model: object  # transformers PreTrainedModel
     tokenizer: object  # transformers tokenizer
@@ -67,14 +111,16 @@ def _cache_dir(settings: Settings) -> Path:
     return Path(settings.cache_dir) / "SmolLM2-135M-Instruct"
 
 
-def _load_embedded(settings: Settings):
+def _load_embedded(settings: Settings, progress: LoadProgress):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache = _cache_dir(settings)
     if (cache / "config.json").is_file() and any(cache.glob("*.safetensors")):
+        progress.phase = "loading"
         log.info("loading the embedded model from its converted cache %s", cache)
         return AutoModelForCausalLM.from_pretrained(cache), AutoTokenizer.from_pretrained(cache), "embedded-cache"
     gguf = embedded_gguf_path()
+    progress.phase = "converting"
     log.info("converting the embedded GGUF %s (once; cached in %s)", gguf, cache)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -103,7 +149,7 @@ def _save_converted(model, tokenizer, cache: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_named(settings: Settings, device: str, dtype):
+def _load_named(settings: Settings, device: str, dtype, progress: LoadProgress):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = settings.model
@@ -113,28 +159,32 @@ def _load_named(settings: Settings, device: str, dtype):
     else:
         from huggingface_hub import snapshot_download
 
+        progress.phase = "downloading"
         log.info("downloading %s from the Hub", name)
-        path, source = snapshot_download(name, token=token), "hub"
+        path, source = snapshot_download(name, token=token, tqdm_class=progress_bar_class(progress)), "hub"
+    progress.phase = "loading"
     kwargs: dict = {"dtype": dtype}
     if device == "cuda":
         kwargs["device_map"] = "auto"
     return AutoModelForCausalLM.from_pretrained(path, **kwargs), AutoTokenizer.from_pretrained(path), source
 
 
-def load_model(settings: Settings) -> LoadedModel:
+def load_model(settings: Settings, progress: LoadProgress | None = None) -> LoadedModel:
     """Load once: the embedded model (cached after the first conversion) or GPTOSS_MODEL."""
+    progress = progress or LoadProgress()
     t0 = time.perf_counter()
     device = pick_device(settings)
     dtype = pick_dtype(settings, device)
     if settings.model:
-        model, tokenizer, source = _load_named(settings, device, dtype)
+        model, tokenizer, source = _load_named(settings, device, dtype, progress)
         model_id = settings.model.rstrip("/").split("/")[-1] if Path(settings.model).is_dir() else settings.model
     else:
-        model, tokenizer, source = _load_embedded(settings)
+        model, tokenizer, source = _load_embedded(settings, progress)
         model_id = EMBEDDED_ID
     if getattr(model, "hf_device_map", None) is None:
         model = model.to(device=device, dtype=dtype)
     model.eval()
+    progress.phase = "ready"
     load_s = time.perf_counter() - t0
     log.info("model %s ready on %s (%s) in %.1f s", model_id, device, str(dtype).removeprefix("torch."), load_s)
     return LoadedModel(model, tokenizer, model_id, source, device, str(dtype).removeprefix("torch."), load_s)

@@ -7,6 +7,7 @@ import logging
 from typing import AsyncIterator
 
 from ..errors import ContextLengthExceeded, GenerationFailed, ModelLoading
+from ..models import LoadProgress
 from ..settings import Settings
 from . import Delta, GenerationRequest
 from .sampling import Sampler
@@ -34,6 +35,7 @@ class LocalBackend:
         self.engine = None
         self.harmony = False
         self.load_error: str | None = None
+        self.progress = LoadProgress()
 
     @property
     def native_date(self) -> bool:
@@ -44,8 +46,9 @@ class LocalBackend:
         from ..models import load_model
 
         try:
-            self.loaded = await asyncio.to_thread(load_model, self.settings)
+            self.loaded = await asyncio.to_thread(load_model, self.settings, self.progress)
         except Exception as e:
+            self.progress.phase = "failed"
             self.load_error = type(e).__name__
             log.exception("model failed to load")
             raise
@@ -84,6 +87,8 @@ class LocalBackend:
 
     def health(self) -> dict:
         info: dict = {"backend": "local", "model_loaded": self.model_id, "ready": self.ready}
+        if not self.ready:
+            info["loading"] = self.progress.as_dict()
         if self.loaded:
             info.update(
                 device=self.loaded.device,
