@@ -1,0 +1,32 @@
+"""The settings table of the README, generated from the Settings class (`python -m gptoss_space.settings_doc`)."""
+
+from __future__ import annotations
+
+import sys
+
+from .settings import Settings
+
+
+def env_names(name: str, field) -> list[str]:
+    alias = field.validation_alias
+    if alias is not None:
+        return [a for a in alias.choices if isinstance(a, str) and a.isupper()]
+    return ["GPTOSS_" + name.upper()]
+
+
+def settings_table() -> str:
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default
+        if "token" in name or "key" in name:
+            default = None
+        shown = "" if default in ("", None) else str(default).replace(str(Settings().cache_dir.parent.parent), "~")
+        if isinstance(default, list):
+            shown = ", ".join(default)
+        envs = " / ".join(f"`{e}`" for e in env_names(name, field))
+        rows.append(f"| {envs} | {('`' + shown + '`') if shown else '(empty)'} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")
