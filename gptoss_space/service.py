@@ -85,9 +85,11 @@ class ChatService:
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         """The backend's deltas under the wall-clock limit; counts usage. Closing it cancels generation."""
         self.usage.requests += 1
-        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.settings.request_timeout_s
         stream = self.backend.stream(req)
-        finished = False
+        outcome, last, answer = "failed", Delta(), []
         try:
             while True:
                 try:
@@ -99,24 +101,31 @@ class ChatService:
                     raise GenerationTimeout(
                         f"Generation took longer than the {self.settings.request_timeout_s:g} s limit"
                     ) from None
+                if self.settings.log_content:
+                    answer.append(delta.content)
                 if delta.finish_reason:
-                    finished = True
+                    outcome, last = delta.finish_reason, delta
                     self.usage.completed += 1
                     self.usage.prompt_tokens += delta.prompt_tokens or 0
                     self.usage.completion_tokens += delta.completion_tokens or 0
-                    if self.settings.log_content:
-                        log.info("finished: %s", delta.finish_reason)
                 yield delta
         except (GeneratorExit, asyncio.CancelledError):
+            outcome = "cancelled"
             self.usage.cancelled += 1
             raise
-        except Exception:
+        except Exception as e:
+            outcome = type(e).__name__
             self.usage.failed += 1
             raise
         finally:
             await stream.aclose()
-            if not finished:
-                log.debug("generation ended before finishing")
+            # Sizes and timings only; prompts and answers only when GPTOSS_LOG_CONTENT asks.
+            log.info(
+                "generation %s: %s prompt + %s completion tokens in %.2f s",
+                outcome, last.prompt_tokens, last.completion_tokens, loop.time() - started,
+            )
+            if self.settings.log_content:
+                log.info("prompt: %r answer: %r", req.messages[-1]["content"] if req.messages else "", "".join(answer))
 
     @asynccontextmanager
     async def session(self, chat: ChatRequest, client: str, options: PromptOptions | None = None):

@@ -225,3 +225,17 @@ def test_streamed_text_arrives_incrementally(scripted_server):
         _, events, times = stream_events(client, scripted_server.url + "/api", HELLO)
     assert content_of(events) == "abcd"
     assert times[3] - times[0] > 0.3  # the pieces were not buffered into one write
+
+
+@pytest.mark.parametrize("log_content", [False, True])
+def test_prompts_and_answers_are_logged_only_when_asked(caplog, log_content):
+    backend = ScriptedBackend()
+    backend.enqueue("the-answer-text")
+    app = create_app(make_settings(log_content=log_content), backend=backend, with_ui=False)
+    with caplog.at_level("INFO"), LiveServer(app) as server:
+        body = {"messages": [{"role": "user", "content": "my-private-prompt"}], "stream": False}
+        assert post(server, json=body).status_code == 200
+    logged = caplog.text
+    assert "generation stop: 5 prompt + 1 completion tokens" in logged
+    assert ("my-private-prompt" in logged) is log_content
+    assert ("the-answer-text" in logged) is log_content
