@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import InvalidRequest, PayloadTooLarge
 
 MISSING_MESSAGES = "Missing messages array"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class TextPart(BaseModel):
@@ -174,11 +176,20 @@ def parse_body(raw: bytes, *, max_bytes: int) -> Any:
     if not text.strip():
         raise InvalidRequest("Invalid JSON: request body is empty")
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except RecursionError:
         raise InvalidRequest("Invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"Invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    # "\ud800" is valid JSON but no Unicode text: it would fail later, in the tokenizer or the answer.
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("Invalid JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+        except RecursionError:
+            raise InvalidRequest("Invalid JSON: nested too deeply") from None
+    return data
 
 
 def validate_request(data: Any, *, stream_default: bool) -> ChatRequest:
