@@ -31,7 +31,10 @@ def build_router(service: ChatService) -> APIRouter:
         return client_ip(peer, request.headers.get("x-forwarded-for"), trusted)
 
     async def chat(request: Request, *, style: ErrorStyle, stream_default: bool) -> Response:
-        raw = await read_body(request, settings.max_body_bytes)
+        try:
+            raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
         body = validate_request(parse_body(raw, max_bytes=settings.max_body_bytes), stream_default=stream_default)
         gen = service.build(body)
         client = client_of(request)

@@ -106,5 +106,13 @@ class Settings(BaseSettings):
     zero_gpu_tokens_per_s: float = Field(20.0, gt=0, le=100_000, description="Decoding speed assumed when sizing a ZeroGPU request.")
     zero_gpu_max_duration_s: int = Field(120, ge=1, le=3600, description="Most ZeroGPU seconds one generation may ask for.")
 
+    # Reliability.
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Most seconds to receive a whole request body (408 for a client that trickles it)."
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, le=600, description="On SIGTERM, seconds running requests get to finish before they end with an error."
+    )
+
     def public_model_name(self, loaded_id: str) -> str:
         return self.model_name or loaded_id
