@@ -131,20 +131,16 @@ class ProxyBackend:
             "temperature": req.temperature,
             "top_p": req.top_p,
         }
-        if self.settings.upstream_model:
-            body["model"] = self.settings.upstream_model
-        if req.max_tokens is not None:
-            body["max_tokens"] = req.max_tokens
-        if req.stop:
-            body["stop"] = list(req.stop)
-        if req.seed is not None:
-            body["seed"] = req.seed
-        if req.presence_penalty:
-            body["presence_penalty"] = req.presence_penalty
-        if req.frequency_penalty:
-            body["frequency_penalty"] = req.frequency_penalty
-        if req.reasoning_effort:
-            body["reasoning_effort"] = req.reasoning_effort
+        optional = {
+            "model": self.settings.upstream_model or None,
+            "max_tokens": req.max_tokens,
+            "stop": list(req.stop) or None,
+            "seed": req.seed,
+            "presence_penalty": req.presence_penalty or None,
+            "frequency_penalty": req.frequency_penalty or None,
+            "reasoning_effort": req.reasoning_effort or None,
+        }
+        body.update((k, v) for k, v in optional.items() if v is not None)
         return body
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
@@ -178,19 +174,15 @@ class ProxyBackend:
     async def _open(self, body: dict) -> tuple[AnswerReader, AsyncIterator[Delta], Delta | None]:
         attempts = self.settings.upstream_attempts
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
-            before_sleep=self._log_retry,
-            reraise=True,
+            stop=stop_after_attempt(attempts), wait=self._wait, retry=retry_if_exception_type(_Retryable),
+            before_sleep=self._log_retry, reraise=True,
         )
         try:
             return await retrying(self._attempt, body)
         except _Retryable as exc:
             what = "attempt" if attempts == 1 else "attempts"
-            raise UpstreamError(
-                f"Upstream unavailable after {attempts} {what}: {exc.reason}", status=exc.status, retry_after=exc.retry_after
-            ) from None
+            message = f"Upstream unavailable after {attempts} {what}: {exc.reason}"
+            raise UpstreamError(message, status=exc.status, retry_after=exc.retry_after) from None
 
     async def _attempt(self, body: dict) -> tuple[AnswerReader, AsyncIterator[Delta], Delta | None]:
         """One try: send, check the status, and read up to the first Delta (so early failures retry too)."""
