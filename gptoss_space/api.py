@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse, Response
 
 from .clientip import TrustedProxies, client_ip
 from .errors import APIError, ErrorStyle, NotFound
-from .httpio import ClientGone, ReleasingStreamingResponse, read_body, until_disconnect
+from .httpio import ClientGone, ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
 from .responses import collect, sse_events
 from .schemas import now_unix, parse_body, validate_request
 from .service import ChatService
-from .sse import SSE_HEADERS
+from .sse import SSE_HEADERS, to_sse
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
 
 
-def build_router(service: ChatService) -> APIRouter:
+def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIRouter:
     router = APIRouter()
+    shutdown = shutdown or Shutdown(0)
     settings = service.settings
     trusted = TrustedProxies.from_settings(settings)
 
@@ -40,17 +41,17 @@ def build_router(service: ChatService) -> APIRouter:
         client = client_of(request)
         request.state.client_id = client
         try:
-            ticket = await until_disconnect(request, service.admit(client))
+            ticket = await until_disconnect(request, service.admit(client), stop=shutdown.begun)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         request.state.rate_headers = ticket.headers
         deltas = service.generate(gen)
         try:
             if not body.stream:
-                answer = await until_disconnect(request, collect(deltas, service.model_name))
+                answer = await until_disconnect(request, collect(deltas, service.model_name), stop=shutdown.over)
                 return JSONResponse(answer, headers=ticket.headers)
             # The first delta before any byte: errors up to then (context too long, overload) keep their status.
-            first = await until_disconnect(request, anext(deltas, None))
+            first = await until_disconnect(request, anext(deltas, None), stop=shutdown.over)
         except ClientGone:
             await deltas.aclose()
             ticket.release()
@@ -68,6 +69,8 @@ def build_router(service: ChatService) -> APIRouter:
             media_type="text/event-stream",
             headers={**SSE_HEADERS, **ticket.headers},
             on_close=ticket.release,
+            shutdown=shutdown,
+            farewell=to_sse(shutting_down().body(style)),
         )
 
     @router.post("/api", tags=["chat"], summary="Chat completion (seed contract; streams by default)")
@@ -88,6 +91,8 @@ def build_router(service: ChatService) -> APIRouter:
             await check()
         info = backend.health()
         status = "ok" if backend.ready else ("error" if info.get("load_error") else "loading")
+        if backend.ready and info.get("upstream_reachable") is False:
+            status = "degraded"  # we are up, but the upstream does not answer
         body = {
             "status": status,
             "model": service.model_name,

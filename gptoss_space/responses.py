@@ -70,6 +70,9 @@ async def sse_events(
             if (data := chunk(d)) is not None:
                 yield data
             if d.finish_reason:
+                if not role_sent:  # an empty answer still says who spoke
+                    role_sent = True
+                    yield to_sse(chunk_body(id=cid, created=created, model=model, delta={"role": "assistant", "content": ""}))
                 yield to_sse(chunk_body(id=cid, created=created, model=model, finish_reason=d.finish_reason))
                 if include_usage:
                     usage = usage_body(d.prompt_tokens or 0, d.completion_tokens or 0)

@@ -239,3 +239,10 @@ def test_prompts_and_answers_are_logged_only_when_asked(caplog, log_content):
     assert "generation stop: 5 prompt + 1 completion tokens" in logged
     assert ("my-private-prompt" in logged) is log_content
     assert ("the-answer-text" in logged) is log_content
+
+
+def test_an_empty_answer_still_streams_role_and_finish(scripted_server):
+    scripted_server.backend.enqueue()
+    events = parse_events(post(scripted_server, json=HELLO).text)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[1]["choices"][0]["finish_reason"] == "stop" and events[2] == "[DONE]"
