@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .clientip import TrustedProxies, client_ip
+from .clientip import TrustedProxies, client_ip, forwarded_for
 from .errors import APIError, ErrorStyle, NotFound
 from .httpio import ClientGone, ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
 from .responses import collect, sse_events
@@ -29,7 +29,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
 
     def client_of(request: Request) -> str:
         peer = request.client.host if request.client else None
-        return client_ip(peer, request.headers.get("x-forwarded-for"), trusted)
+        return client_ip(peer, forwarded_for(request.headers), trusted)
 
     async def chat(request: Request, *, style: ErrorStyle, stream_default: bool) -> Response:
         try:

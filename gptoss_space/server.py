@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from .api import build_router, error_response, error_style
 from .backends import Backend, make_backend
 from .errors import APIError, GenerationFailed, NotFound
+from .httpio import Shutdown
 from .ratelimit import make_gate
 from .service import ChatService
 from .settings import Settings
@@ -33,10 +34,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     backend = backend or make_backend(settings)
     gate = make_gate(settings)
     service = ChatService(settings, backend, gate)
+    shutdown = Shutdown(settings.shutdown_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await gate.start()
+        # SIGTERM: queued requests are refused, running ones get shutdown_grace_s, streams end with an event.
+        shutdown.install()
         # Load in the background: the port opens at once and GET /api says "loading" until ready.
         loading = asyncio.create_task(_start_backend(backend))
         try:
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
+            shutdown.uninstall()
             await backend.close()
             await gate.close()
 
@@ -56,6 +61,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.shutdown = shutdown
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -92,7 +98,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         err.status, err.type = 405, "invalid_request_error"
         return JSONResponse(err.body(error_style(request.url.path)), status_code=405)
 
-    app.include_router(build_router(service))
+    app.include_router(build_router(service, shutdown))
     if with_ui:
         from .ui import mount_ui
 
