@@ -12,4 +12,5 @@ logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(leve
 app = create_app(settings)
 
 if __name__ == "__main__":
-    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
+    # proxy_headers=False: X-Forwarded-For is read only by gptoss_space.clientip, through trusted proxies.
+    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False, timeout_graceful_shutdown=10)

@@ -34,7 +34,8 @@ class LiveServer:
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, lifespan=self.lifespan, log_config=None, access_log=False,
-                                loop="asyncio", http="h11", timeout_graceful_shutdown=2)
+                                loop="asyncio", http="h11", timeout_graceful_shutdown=2,
+                                proxy_headers=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"live-server-{self.port}", daemon=True)

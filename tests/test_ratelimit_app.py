@@ -1,0 +1,205 @@
+"""The per-client gate on a real server with real timing: spacing, FIFO, isolation, floods, spoofing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from gptoss_space.backends import Delta
+from gptoss_space.server import create_app
+from tests.conftest import make_settings
+from tests.fakes import ScriptedBackend
+from tests.servers import LiveServer
+
+BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+class TimedBackend(ScriptedBackend):
+    """Records when each request started and ended, keyed by its user message."""
+
+    def __init__(self, hold: float = 0.0):
+        super().__init__()
+        self.hold = hold
+        self.spans: list[tuple[str, float, float]] = []
+
+    async def stream(self, req):
+        start = time.monotonic()
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await asyncio.sleep(self.hold)
+            yield Delta(content="ok")
+            yield Delta(finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+        finally:
+            self.running -= 1
+        self.spans.append((req.messages[-1]["content"], start, time.monotonic()))
+
+
+@pytest.fixture
+def gated():
+    backend = TimedBackend()
+    app = create_app(
+        make_settings(rate_limit_enabled=True, trusted_proxies=["127.0.0.1/32"], rate_limit_idle_evict_s=0.5),
+        backend=backend,
+        with_ui=False,
+    )
+    with LiveServer(app, host="127.0.0.1") as server:
+        server.backend = backend
+        yield server
+
+
+def client_from(ip: str, **kw) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=ip), timeout=30, **kw)
+
+
+def say(text: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}], "stream": False}
+
+
+async def _post(client, url, text, **kw):
+    return await client.post(url + "/api", json=say(text), **kw)
+
+
+def test_back_to_back_requests_start_500ms_apart(gated):
+    async def main():
+        async with client_from("127.0.0.3") as c:
+            first = await _post(c, gated.url, "a")
+            second = await _post(c, gated.url, "b")
+            return first, second
+
+    first, second = asyncio.run(main())
+    assert first.status_code == second.status_code == 200
+    starts = {text: start for text, start, _ in gated.backend.spans}
+    assert starts["b"] - starts["a"] >= 0.5
+    assert float(second.headers["x-queue-time"]) > 0.3  # it waited for its turn rather than failing
+    assert first.headers["x-ratelimit-limit"] == "2" and "x-ratelimit-remaining" in first.headers
+    assert "x-ratelimit-reset" in first.headers
+
+
+def test_concurrent_requests_of_one_ip_run_one_after_another_in_order(gated):
+    gated.backend.hold = 0.2
+
+    async def main():
+        async with client_from("127.0.0.4") as c:
+            tasks = []
+            for i in range(4):
+                tasks.append(asyncio.create_task(_post(c, gated.url, f"r{i}")))
+                await asyncio.sleep(0.05)  # a known arrival order
+            return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(main())
+    assert [a.status_code for a in answers] == [200] * 4
+    spans = sorted(gated.backend.spans, key=lambda s: s[1])
+    assert [s[0] for s in spans] == ["r0", "r1", "r2", "r3"]
+    for (_, _, end), (_, start, _) in zip(spans, spans[1:]):
+        assert start >= end  # strictly one after another
+    assert gated.backend.max_running == 1
+
+
+def test_a_second_client_is_not_held_behind_the_first(gated):
+    gated.backend.hold = 0.4
+
+    async def main():
+        async with client_from("127.0.0.5") as a, client_from("127.0.0.6") as b:
+            slow = [asyncio.create_task(_post(a, gated.url, f"a{i}")) for i in range(3)]
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            other = await _post(b, gated.url, "b0")
+            waited = time.monotonic() - t0
+            await asyncio.gather(*slow)
+            return other, waited
+
+    other, waited = asyncio.run(main())
+    assert other.status_code == 200
+    assert waited < 1.0  # client a's queue holds about 2 s of work
+    assert float(other.headers["x-queue-time"]) < 0.2
+
+
+def test_a_flood_gets_429_for_the_excess_and_every_accepted_request_completes(gated):
+    gated.backend.hold = 0.05
+
+    async def main():
+        async with client_from("127.0.0.7") as c:
+            return await asyncio.gather(*[_post(c, gated.url, f"f{i}") for i in range(20)])
+
+    answers = asyncio.run(main())
+    codes = [a.status_code for a in answers]
+    assert set(codes) <= {200, 429}
+    assert codes.count(200) == 9  # one running + 8 queued
+    refused = [a for a in answers if a.status_code == 429]
+    assert all(a.json()["error"].startswith("Rate limit exceeded: ") for a in refused)
+    assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+    assert len([s for s in gated.backend.spans if s[0].startswith("f")]) == 9
+
+
+def test_a_full_queue_still_answers_bad_input_with_400(gated):
+    gated.backend.hold = 0.3
+
+    async def main():
+        async with client_from("127.0.0.8") as c:
+            busy = [asyncio.create_task(_post(c, gated.url, f"q{i}")) for i in range(9)]
+            await asyncio.sleep(0.2)
+            bad = await c.post(gated.url + "/api", json={"messages": []})
+            for t in busy:
+                t.cancel()
+            await asyncio.gather(*busy, return_exceptions=True)
+            return bad
+
+    bad = asyncio.run(main())
+    assert bad.status_code == 400 and bad.json() == {"error": "Missing messages array"}
+
+
+def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(gated):
+    gated.backend.hold = 0.3
+
+    async def burst(ip: str, spoof: bool):
+        async with client_from(ip) as c:
+            headers = [{"X-Forwarded-For": f"203.0.113.{i}"} if spoof else {} for i in range(3)]
+            return await asyncio.gather(*[_post(c, gated.url, f"{ip}-{i}", headers=h) for i, h in enumerate(headers)])
+
+    # 127.0.0.9 is not a trusted proxy here: its three "different" clients are one client, served in turn.
+    asyncio.run(burst("127.0.0.9", spoof=True))
+    assert gated.backend.max_running == 1
+    # 127.0.0.1 is trusted: the addresses it forwards are distinct clients and run side by side.
+    gated.backend.max_running = 0
+    asyncio.run(burst("127.0.0.1", spoof=True))
+    assert gated.backend.max_running >= 2
+
+
+def test_a_queued_client_that_disconnects_never_runs(gated):
+    gated.backend.hold = 0.6
+
+    async def main():
+        async with client_from("127.0.0.10") as c:
+            running = asyncio.create_task(_post(c, gated.url, "keeps"))
+            await asyncio.sleep(0.15)
+            queued = asyncio.create_task(_post(c, gated.url, "leaves"))
+            await asyncio.sleep(0.15)
+            queued.cancel()  # closes the connection while the request waits in the queue
+            await asyncio.gather(queued, return_exceptions=True)
+            await asyncio.sleep(0.05)
+            stats = (await c.get(gated.url + "/api")).json()["rate_limit"]
+            await running
+            await asyncio.sleep(0.8)
+            return stats
+
+    stats = asyncio.run(main())
+    assert stats["requests_queued"] == 0  # it left the queue at once
+    assert [s[0] for s in gated.backend.spans] == ["keeps"]
+
+
+def test_idle_client_state_is_evicted(gated):
+    async def main():
+        async with client_from("127.0.0.11") as c, client_from("127.0.0.12") as d:
+            await _post(c, gated.url, "x")
+            await _post(d, gated.url, "y")
+            during = (await c.get(gated.url + "/api")).json()["rate_limit"]["clients_tracked"]
+            await asyncio.sleep(1.2)
+            after = (await c.get(gated.url + "/api")).json()["rate_limit"]["clients_tracked"]
+            return during, after
+
+    during, after = asyncio.run(main())
+    assert during >= 2 and after == 0
