@@ -65,7 +65,8 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    # The range torch.Generator.manual_seed takes (a larger seed was a 500).
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     stream_options: StreamOptions | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
