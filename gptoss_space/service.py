@@ -27,6 +27,15 @@ class Usage:
     completion_tokens: int = 0
 
 
+# Below this, sampling is greedy in all but name; logits / 1e-300 overflow float32 to inf and the NaN
+# probabilities failed the engine step, and with it every stream sharing the batch.
+MIN_SAMPLING_TEMPERATURE = 1e-4
+
+
+def _temperature(t: float) -> float:
+    return 0.0 if t < MIN_SAMPLING_TEMPERATURE else t
+
+
 class ChatService:
     def __init__(self, settings, backend: Backend, gate):
         self.settings = settings
@@ -65,7 +74,7 @@ class ChatService:
         return GenerationRequest(
             messages=compose_messages(chat.messages, options, now, date_in_text=not native_date),
             max_tokens=None if wanted == -1 else wanted,
-            temperature=s.default_temperature if chat.temperature is None else chat.temperature,
+            temperature=_temperature(s.default_temperature if chat.temperature is None else chat.temperature),
             top_p=s.default_top_p if chat.top_p is None else chat.top_p,
             stop=chat.stop_list,
             seed=chat.seed,
