@@ -11,7 +11,7 @@ from .clientip import TrustedProxies, client_ip, forwarded_for
 from .errors import APIError, ErrorStyle, NotFound
 from .httpio import ClientGone, ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
 from .responses import collect, sse_events
-from .schemas import now_unix, parse_body, validate_request
+from .schemas import now_unix, parse_body, request_body_doc, validate_request
 from .service import ChatService
 from .sse import SSE_HEADERS, to_sse
 
@@ -73,12 +73,14 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
             farewell=to_sse(shutting_down().body(style)),
         )
 
-    @router.post("/api", tags=["chat"], summary="Chat completion (seed contract; streams by default)")
-    @router.post("/api/gpt-oss-2t", tags=["chat"], summary="Alias of POST /api")
+    body_doc = request_body_doc()
+
+    @router.post("/api", tags=["chat"], summary="Chat completion (seed contract; streams by default)", openapi_extra=body_doc)
+    @router.post("/api/gpt-oss-2t", tags=["chat"], summary="Alias of POST /api", openapi_extra=body_doc)
     async def seed_chat(request: Request) -> Response:
         return await chat(request, style="seed", stream_default=True)
 
-    @router.post("/v1/chat/completions", tags=["openai"], summary="OpenAI-compatible chat completion")
+    @router.post("/v1/chat/completions", tags=["openai"], summary="OpenAI-compatible chat completion", openapi_extra=body_doc)
     async def openai_chat(request: Request) -> Response:
         return await chat(request, style="openai", stream_default=False)
 

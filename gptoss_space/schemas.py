@@ -211,6 +211,21 @@ def validate_request(data: Any, *, stream_default: bool) -> ChatRequest:
         raise InvalidRequest("Invalid request: nested too deeply") from None
 
 
+def request_body_doc() -> dict:
+    """ChatRequest as an OpenAPI requestBody, self-contained (the routes read the raw body to keep their own errors)."""
+    schema = ChatRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
 def new_completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
