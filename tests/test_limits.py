@@ -142,9 +142,12 @@ def test_slow_body_is_cut_with_408_after_body_read_timeout(limited):
 
 def test_a_body_trickling_within_the_limit_is_served(limited):
     body = json.dumps({"messages": [USER], "stream": False}).encode()
-    head = b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    head = (
+        b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
     half = len(body) // 2
-    answer = raw_request(limited, head, [body[:half], body[half:]], gap_s=0.2, read_timeout=1.0)
+    answer = raw_request(limited, head, [body[:half], body[half:]], gap_s=0.2)
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
 
 
@@ -158,3 +161,45 @@ def test_client_leaving_mid_body_is_not_a_server_error(limited, caplog):
         time.sleep(0.3)
     assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
     assert post(limited, "/api", json={"messages": [USER], "stream": False}).status_code == 200
+
+
+# -- the wall-clock limit per request ----------------------------------------------------------------
+
+
+def test_stuck_generation_ends_with_504_or_an_error_event_and_the_next_request_is_served():
+    backend = ScriptedBackend()
+    app = create_app(make_settings(request_timeout_s=0.4), backend=backend, with_ui=False)
+    limit = "Generation took longer than the 0.4 s limit"
+    with LiveServer(app, host="127.0.0.4") as server:
+        backend.enqueue("never", delay=30)  # stuck before any byte: the status still says so
+        t0 = time.monotonic()
+        r = post(server, "/api", json={"messages": [USER], "stream": False})
+        assert r.status_code == 504 and seed_error(r) == limit and time.monotonic() - t0 < 2
+        backend.enqueue("never", delay=30)
+        r = post(server, json={"messages": [USER], "stream": True})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        # Stuck after the stream started: an error event, then the stream ends.
+        backend.enqueue("a", "b", Exception("unreached"), delay=0.3)
+        r = post(server, "/api", json={"messages": [USER]})
+        assert r.status_code == 200 and r.text.endswith('data: {"error":"' + limit + '"}\n\n')
+        assert '"content":"a"' in r.text
+        r = post(server, "/api", json={"messages": [USER], "stream": False})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hi"
+    assert backend.running == 0 and backend.cancelled == 3
+
+
+def test_stuck_upstream_ends_with_an_error_event_and_the_next_request_is_served():
+    from gptoss_space.backends.proxy import ProxyBackend
+    from tests.upstream import Reply, Upstream
+
+    with Upstream(Reply(content=["a", "b", "c"], stall_after=1), default=Reply(content=["fine"])) as up:
+        settings = make_settings(backend="proxy", upstream_url=up.url, upstream_read_timeout_s=30, request_timeout_s=0.5)
+        app = create_app(settings, backend=ProxyBackend(settings), with_ui=False)
+        with LiveServer(app, host="127.0.0.5", ready_path="/api") as server:
+            t0 = time.monotonic()
+            r = post(server, "/api", json={"messages": [USER]})
+            assert r.status_code == 200 and time.monotonic() - t0 < 2
+            assert r.text.endswith('data: {"error":"Generation took longer than the 0.5 s limit"}\n\n')
+            r = post(server, "/api", json={"messages": [USER], "stream": False})
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "fine"
+        assert up.requests[0].disconnected  # the stuck upstream request was closed, not left open
