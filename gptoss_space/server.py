@@ -86,7 +86,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(request, GenerationFailed("Internal server error"))
+        response = error_response(request, GenerationFailed("Internal server error"))
+        # This handler answers outside the middleware stack, and uvicorn drops the connection after it:
+        # say so, or the client's next request on it is reset.
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Connection"] = "close"
+        return response
 
     @app.exception_handler(404)
     async def on_not_found(request: Request, exc) -> JSONResponse:
