@@ -1,50 +1,247 @@
-"""The chat tab: streams through ChatService, so the page is rate-limited and date-injected like /api."""
+"""The Chat tab and the /chat Gradio endpoint: both stream through ChatService, like /api."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: gr.api reads these functions' hints at runtime.
 import logging
+import math
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import AsyncIterator
 
 import gradio as gr
+from pydantic import ValidationError
 
 from ..clientip import TrustedProxies, client_ip
-from ..errors import APIError
-from ..schemas import ChatMessage, ChatRequest
+from ..errors import (
+    APIError,
+    ContextLengthExceeded,
+    GenerationTimeout,
+    InvalidRequest,
+    ModelLoading,
+    Overloaded,
+    RateLimited,
+)
+from ..schemas import ChatMessage
+from .parameters import DEFAULT_EFFORT, ChatParams, ParameterControls
 
 log = logging.getLogger(__name__)
 
+EXAMPLES = [
+    "Hello! Who created you?",
+    "Tell me a short story about a brave little robot.",
+    "Explain recursion to a ten-year-old.",
+    "Write a haiku about the sea.",
+]
+QUEUED = "⏳ Queued: waiting for a free slot…"
+GENERATING = "⚙️ Generating…"
+THINKING = "💭 Thinking"
 
-def _history_messages(history: list, message: str) -> list[ChatMessage]:
+
+def _text(content) -> str:
+    """The text of a Chatbot message's content: a string, a text part, or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text", "") if content.get("type", "text") == "text" else ""
+    if isinstance(content, (list, tuple)):
+        return "".join(_text(c) for c in content)
+    return ""
+
+
+def history_messages(history: list | None, message: str) -> list[ChatMessage]:
+    """The conversation as the model sees it; thoughts and status notices (titled messages) are not turns."""
     msgs = []
     for item in history or []:
-        role, content = item.get("role"), item.get("content")
-        if role in ("user", "assistant") and isinstance(content, str):
-            msgs.append(ChatMessage(role=role, content=content))
+        if not isinstance(item, dict):
+            continue
+        role, meta = item.get("role"), item.get("metadata") or {}
+        if role not in ("user", "assistant") or meta.get("title"):
+            continue
+        text = _text(item.get("content"))
+        if text:
+            msgs.append(ChatMessage(role=role, content=text))
     msgs.append(ChatMessage(role="user", content=message))
     return msgs
 
 
-def build_ui(service, settings) -> gr.Blocks:
-    trusted = TrustedProxies.from_settings(settings)
+def _wait(seconds: float | None) -> str:
+    return "a few" if seconds is None else str(max(1, math.ceil(seconds)))
 
-    def client_of(request: gr.Request | None) -> str:
+
+def friendly(err: APIError) -> str:
+    """A message for a person, never a stack trace."""
+    if isinstance(err, RateLimited):
+        return f"Rate limit reached: you are sending messages faster than this Space allows. Try again in {_wait(err.retry_after)} s."
+    if isinstance(err, ModelLoading):
+        return f"The model is still loading. Try again in {_wait(err.retry_after)} s."
+    if isinstance(err, Overloaded):
+        return f"The server is busy right now. Try again in {_wait(err.retry_after)} s."
+    if isinstance(err, ContextLengthExceeded):
+        return "This conversation is too long for the model: clear the chat or undo a few turns."
+    if isinstance(err, GenerationTimeout):
+        return f"{err.message}. Try a shorter answer (Parameters → Max tokens)."
+    if err.status < 500:
+        return err.message
+    return "The model could not answer this time. Please try again."
+
+
+@dataclass
+class Turn:
+    """One answer as it grows: status is queued, generating or done."""
+
+    status: str = "queued"
+    content: str = ""
+    reasoning: str = ""
+    thinking_s: float | None = None
+    finish_reason: str | None = None
+
+
+class ChatRunner:
+    """One chat turn through the service: the gate (queue, rate limit), the prompt options, the stream."""
+
+    def __init__(self, service, settings):
+        self.service, self.settings = service, settings
+        self.trusted = TrustedProxies.from_settings(settings)
+
+    def client_of(self, request: gr.Request | None) -> str:
         if request is None:
             return "gradio"
         peer = request.client.host if request.client else None
-        return client_ip(peer, request.headers.get("x-forwarded-for"), trusted)
+        return client_ip(peer, request.headers.get("x-forwarded-for"), self.trusted)
 
-    async def respond(message: str, history: list, request: gr.Request):
-        chat = ChatRequest(messages=_history_messages(history, message), stream=True)
-        text = ""
+    async def turns(self, message: str, history: list | None, params: ChatParams, request) -> AsyncIterator[Turn]:
         try:
-            async with service.session(chat, client_of(request)) as (_, deltas):
+            chat = params.chat_request(history_messages(history, message))
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in err["loc"]) or "request"
+            raise InvalidRequest(f"Invalid '{field}': {err['msg']}") from None
+        turn = Turn()
+        yield turn
+        async with self.service.session(chat, self.client_of(request), params.prompt_options()) as (_, deltas):
+            async with aclosing(deltas):
+                turn.status = "generating"
+                yield turn
+                started = time.monotonic()
                 async for d in deltas:
-                    if d.content:
-                        text += d.content
-                        yield text
-        except APIError as e:
-            raise gr.Error(e.message) from None
+                    if d.content and turn.reasoning and turn.thinking_s is None:
+                        turn.thinking_s = time.monotonic() - started
+                    turn.reasoning += d.reasoning
+                    turn.content += d.content
+                    turn.finish_reason = d.finish_reason or turn.finish_reason
+                    if d.content or d.reasoning:
+                        yield turn
+        turn.status = "done"
+        yield turn
 
-    with gr.Blocks(title="gptoss-space") as demo:
-        gr.Markdown(f"# gptoss-space\nModel: `{service.model_name}` · backend: {service.backend.kind}")
-        gr.ChatInterface(respond, api_name="chat")
-    return demo
+
+def render(turn: Turn) -> list[gr.ChatMessage]:
+    """A turn as Chatbot messages: a status notice, or the thinking (collapsed when done) and the answer."""
+    if turn.status == "queued":
+        return [notice(QUEUED, pending=True)]
+    out = []
+    if turn.reasoning:
+        done = bool(turn.content) or turn.status == "done"
+        meta = {"title": THINKING, "status": "done" if done else "pending"}
+        if turn.thinking_s is not None:
+            meta["duration"] = round(turn.thinking_s, 1)
+        out.append(gr.ChatMessage(role="assistant", content=turn.reasoning, metadata=meta))
+    if turn.content:
+        out.append(gr.ChatMessage(role="assistant", content=turn.content))
+    elif turn.status != "done":
+        if not turn.reasoning:
+            out.append(notice(GENERATING, pending=True))
+    elif not turn.reasoning:
+        out.append(notice("The model returned an empty answer."))
+    if turn.status == "done" and turn.finish_reason == "length":
+        out.append(notice("✂️ Cut at the max tokens limit (Parameters → Max tokens)."))
+    return out
+
+
+def notice(title: str, *, pending: bool = False) -> gr.ChatMessage:
+    """A status line in the chat; titled, so it is never sent back to the model as a turn."""
+    meta = {"title": title, "status": "pending" if pending else "done"}
+    return gr.ChatMessage(role="assistant", content="", metadata=meta)
+
+
+def build_chat(service, settings, controls: ParameterControls) -> gr.ChatInterface:
+    """The chat tab's ChatInterface (render into the current context) and the public /chat endpoint."""
+    runner = ChatRunner(service, settings)
+
+    async def respond(message: str, history: list, temperature, top_p, max_tokens, system_prompt,
+                      inject_datetime, effort, request: gr.Request):
+        if not (message or "").strip():
+            gr.Info("Type a message first.")
+            return
+        params = ChatParams.from_values(temperature, top_p, max_tokens, system_prompt, inject_datetime, effort)
+        shown: list = []
+        try:
+            async for turn in runner.turns(message, history, params, request):
+                shown = render(turn)
+                yield shown
+        except APIError as e:
+            text = friendly(e)
+            log.info("chat turn refused: %s (%d)", type(e).__name__, e.status)
+            gr.Warning(text)
+            yield [m for m in shown if m.metadata.get("status") != "pending"] + [notice(f"⚠️ {text}")]
+        except Exception:
+            log.exception("chat turn failed")
+            gr.Warning("Something went wrong on the server. Please try again.")
+            yield [m for m in shown if m.metadata.get("status") != "pending"] + [notice("⚠️ Something went wrong.")]
+
+    chatbot = gr.Chatbot(
+        elem_id="gs-chatbot",
+        height="60vh",
+        min_height=320,
+        show_label=False,
+        buttons=["copy", "copy_all"],
+        feedback_options=None,
+        placeholder="<div style='text-align:center;opacity:.75'>Ask anything. Answers stream in as they are written.</div>",
+    )
+    ci = gr.ChatInterface(
+        respond,
+        chatbot=chatbot,
+        textbox=gr.Textbox(
+            placeholder="Type a message and press Enter…", show_label=False, scale=7,
+            submit_btn="Send", stop_btn="Stop", elem_id="gs-input", autofocus=False,
+        ),
+        additional_inputs=controls.inputs(),
+        examples=[[e] for e in EXAMPLES],
+        cache_examples=False,  # on a Space the default would run them at startup, before the model loads
+        analytics_enabled=False,
+        concurrency_limit=None,  # the service's gate queues and rate-limits, not Gradio
+        show_progress="minimal",
+        fill_height=False,
+        api_visibility="private",  # the documented endpoint is /chat below
+        api_name="chat_ui",
+    )
+
+    d = ChatParams.defaults(settings)
+
+    async def chat(
+        message: str,
+        history: list[dict] | None = None,
+        temperature: float = d.temperature,
+        top_p: float = d.top_p,
+        max_tokens: int = -1,
+        system_prompt: str = d.system_prompt,
+        inject_datetime: bool = d.inject_datetime,
+        reasoning_effort: str = DEFAULT_EFFORT,
+        request: gr.Request = None,
+    ) -> str:
+        """Chat with the model. Streams the answer as it grows; the final value is the whole answer."""
+        params = ChatParams.from_values(temperature, top_p, max_tokens, system_prompt, inject_datetime, reasoning_effort)
+        try:
+            async for turn in runner.turns(message, history, params, request):
+                if turn.content:
+                    yield turn.content
+        except APIError as e:
+            raise gr.Error(friendly(e), print_exception=False) from None
+        except Exception:
+            log.exception("chat endpoint failed")
+            raise gr.Error("Something went wrong on the server. Please try again.", print_exception=False) from None
+        if not turn.content:
+            yield ""
+
+    gr.api(chat, api_name="chat", concurrency_limit=None)
+    return ci
