@@ -27,3 +27,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The long soak (2,000 requests from 200 loopback clients, the fuzz at 10x, SIGTERM on the real model);
+# figures in artifacts/soak.json. A short version runs in `make test`.
+soak: install
+	$(PY) -m soak.run
