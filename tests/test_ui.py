@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
+import shutil
 import threading
 import time
 
@@ -19,15 +18,17 @@ from gptoss_space.ui.chat import THINKING, friendly, history_messages
 from gptoss_space.ui.parameters import field_range
 from tests.servers import LiveServer
 from tests.ui_helpers import (  # noqa: F401  (fixtures)
+    FRAME_HTML,
     UI_CAP,
     bot_text,
     browser,
     busy,
-    code_text,
+    docs_page,
     growth,
     open_page,
     open_tab,
     requires_chromium,
+    run_snippet,
     scripted_ui_server,
     send,
     set_number,
@@ -135,7 +136,7 @@ def test_parameters_take_effect_with_retry_undo_clear_and_examples(ui_server, op
     n = send(page, "Tell me about the moon.")
     wait_turn(page, n)
     assert service.usage.completion_tokens - before == 5, "max tokens = 5 is a 5-token answer"
-    assert "max tokens" in page.locator("#gs-chatbot").inner_text()
+    assert "Cut at your max tokens (5)" in page.locator("#gs-chatbot").inner_text()
     first = bot_text(page)
     assert first
     page.get_by_role("button", name="Retry").click()  # temperature 0: the same answer again
@@ -153,29 +154,6 @@ def test_parameters_take_effect_with_retry_undo_clear_and_examples(ui_server, op
     page.wait_for_function("() => !document.querySelector('#gs-chatbot .message')")
 
 
-@pytest.fixture(scope="module")
-def docs_page(ui_server, browser):
-    """The docs tab as a visitor sees it: the base URL shown and every snippet's text."""
-    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
-    page = ctx.new_page()
-    page.goto(ui_server.url)
-    open_tab(page, "API docs")
-    page.locator("#docs-base").wait_for()
-    shown = page.locator("#docs-base").inner_text()
-    base = re.search(r"https?://[^\s/]+", shown).group(0)
-    codes = {}
-    for tab in ("cURL", "Python", "JavaScript", "gradio_client"):
-        page.locator("#docs-quickstart").get_by_role("tab", name=tab).click()
-        for s in docs.snippets(docs.Facts(base, "", ui_server.settings)):
-            block = page.locator(f"#snippet-{s.key}")
-            if s.key not in codes and block.count() and block.is_visible():
-                block.locator(".cm-line").first.wait_for()
-                codes[s.key] = code_text(page, f"snippet-{s.key}")
-    shot(page, "desktop-docs")
-    yield {"base": base, "codes": codes, "page": page}
-    ctx.close()
-
-
 @requires_chromium
 def test_docs_show_this_servers_url(ui_server, docs_page):
     assert docs_page["base"] == ui_server.url
@@ -189,27 +167,13 @@ def test_docs_show_this_servers_url(ui_server, docs_page):
     assert f"cap of {UI_CAP}" in text and "500 ms" in text
 
 
-def _run_snippet(key: str, code: str, tmp_path) -> str:
-    if key.startswith("curl"):
-        cmd = ["bash", "-c", code]
-    elif key.startswith("js"):
-        script = tmp_path / f"{key}.mjs"
-        script.write_text(code)
-        cmd = ["node", str(script)]
-    else:
-        cmd = [sys.executable, "-c", code]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
 @requires_chromium
 @pytest.mark.parametrize("key", ["curl", "curl_stream", "python", "python_stream", "openai", "js", "js_stream", "gradio"])
 def test_documented_snippet_runs_as_written(ui_server, docs_page, key, tmp_path):
-    if key.startswith("js") and not __import__("shutil").which("node"):
+    if key.startswith("js") and not shutil.which("node"):
         pytest.skip("node is not installed")
     code = docs.snippet(docs.Facts(docs_page["base"], ui_server.service.model_name, ui_server.settings), key).code
-    out = _run_snippet(key, code, tmp_path)
+    out = run_snippet(key, code, tmp_path)
     if key == "curl":
         assert json.loads(out)["choices"][0]["message"]["content"]
     elif key == "curl_stream":
@@ -239,11 +203,6 @@ def test_gradio_client_calls_the_chat_endpoint(ui_server):
     assert short and len(short) < len(answer) + 1 and len(short.split()) <= 4
 
 
-FRAME_HTML = """<!doctype html><html><body style="margin:0;background:#fff">
-<h3 style="font-family:sans-serif">Another site</h3>
-<iframe src="{src}" style="width:420px;height:760px;border:1px solid #ccc"></iframe></body></html>"""
-
-
 @requires_chromium
 def test_chat_works_inside_a_cross_origin_iframe(ui_server, open_page):
     from starlette.applications import Starlette
@@ -256,6 +215,8 @@ def test_chat_works_inside_a_cross_origin_iframe(ui_server, open_page):
     html = FRAME_HTML.format(src=ui_server.url + "/")
     site = Starlette(routes=[Route("/", lambda request: HTMLResponse(html))])
     with LiveServer(site, host="127.0.0.2", lifespan="off") as other:
+        # A fresh context is incognito-like: third-party storage is blocked inside the frame, as in
+        # many visitors' browsers; the page must load and chat all the same.
         page = open_page(other.url, width=520, height=900, wait_for="iframe")
         frame = page.frame_locator("iframe")
         frame.locator("#gs-chatbot").wait_for(timeout=30_000)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from gptoss_space.server import create_app
+from gptoss_space.ui import docs
 from gptoss_space.settings import Settings
 from tests.fakes import ScriptedBackend
 from tests.servers import LiveServer
@@ -155,3 +158,48 @@ def code_text(page, elem_id: str) -> str:
     """The text of a gr.Code block, line by line as CodeMirror shows it."""
     lines = page.locator(f"#{elem_id} .cm-content .cm-line").all_inner_texts()
     return "\n".join(line.replace("\u200b", "").replace("\n", "") for line in lines)
+
+
+@pytest.fixture(scope="module")
+def docs_page(ui_server, browser):
+    """The docs tab as a visitor sees it: the base URL shown and every snippet's text."""
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = ctx.new_page()
+    page.goto(ui_server.url)
+    open_tab(page, "API docs")
+    page.wait_for_function(  # filled in by the page's load event
+        f"() => !(document.querySelector('#docs-base')?.innerText ?? '{docs.PLACEHOLDER_BASE}')"
+        f".includes('{docs.PLACEHOLDER_BASE}')"
+    )
+    shown = page.locator("#docs-base").inner_text()
+    base = re.search(r"https?://[^\s/]+", shown).group(0)
+    codes = {}
+    for tab in ("cURL", "Python", "JavaScript", "gradio_client"):
+        page.locator("#docs-quickstart").get_by_role("tab", name=tab).click()
+        for s in docs.snippets(docs.Facts(base, "", ui_server.settings)):
+            block = page.locator(f"#snippet-{s.key}")
+            if s.key not in codes and block.count() and block.is_visible():
+                block.locator(".cm-line").first.wait_for()
+                codes[s.key] = code_text(page, f"snippet-{s.key}")
+    shot(page, "desktop-docs")
+    yield {"base": base, "codes": codes, "page": page}
+    ctx.close()
+
+
+def run_snippet(key: str, code: str, tmp_path) -> str:
+    if key.startswith("curl"):
+        cmd = ["bash", "-c", code]
+    elif key.startswith("js"):
+        script = tmp_path / f"{key}.mjs"
+        script.write_text(code)
+        cmd = ["node", str(script)]
+    else:
+        cmd = [sys.executable, "-c", code]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+FRAME_HTML = """<!doctype html><html><body style="margin:0;background:#fff">
+<h3 style="font-family:sans-serif">Another site</h3>
+<iframe src="{src}" style="width:420px;height:760px;border:1px solid #ccc"></iframe></body></html>"""

@@ -135,7 +135,7 @@ class ChatRunner:
         yield turn
 
 
-def render(turn: Turn) -> list[gr.ChatMessage]:
+def render(turn: Turn, cut_note: str = "") -> list[gr.ChatMessage]:
     """A turn as Chatbot messages: a status notice, or the thinking (collapsed when done) and the answer."""
     if turn.status == "queued":
         return [notice(QUEUED, pending=True)]
@@ -153,8 +153,8 @@ def render(turn: Turn) -> list[gr.ChatMessage]:
             out.append(notice(GENERATING, pending=True))
     elif not turn.reasoning:
         out.append(notice("The model returned an empty answer."))
-    if turn.status == "done" and turn.finish_reason == "length":
-        out.append(notice("✂️ Cut at the max tokens limit (Parameters → Max tokens)."))
+    if turn.status == "done" and turn.finish_reason == "length" and cut_note:
+        out.append(notice(cut_note))
     return out
 
 
@@ -174,10 +174,14 @@ def build_chat(service, settings, controls: ParameterControls) -> gr.ChatInterfa
             gr.Info("Type a message first.")
             return
         params = ChatParams.from_values(temperature, top_p, max_tokens, system_prompt, inject_datetime, effort)
+        if params.max_tokens == -1:
+            cut = f"✂️ Cut at this server's limit of {settings.max_tokens_cap} tokens."
+        else:
+            cut = f"✂️ Cut at your max tokens ({params.max_tokens}): raise it in Parameters."
         shown: list = []
         try:
             async for turn in runner.turns(message, history, params, request):
-                shown = render(turn)
+                shown = render(turn, cut)
                 yield shown
         except APIError as e:
             text = friendly(e)

@@ -21,6 +21,7 @@ from ..sse import DONE, to_sse
 from .parameters import field_range
 from .snippets import HELLO, STORY, Snippet, snippet, snippets  # noqa: F401  (the docs' public surface)
 
+PLACEHOLDER_BASE = "http://this-server"
 _HOST = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$")
 
 

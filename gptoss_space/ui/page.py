@@ -33,7 +33,8 @@ def build_ui(service, settings) -> gr.Blocks:
     def header() -> str:
         return header_html(service.model_name, service.backend.kind, settings)
 
-    initial_base = f"http://{settings.host}:{settings.port}"
+    # Replaced on load by the URL the visitor used; until then a name that is plainly a placeholder.
+    initial_base = docs.PLACEHOLDER_BASE
     with gr.Blocks(title="GPT-OSS Space: free chat API", fill_width=False, analytics_enabled=False) as demo:
         top = gr.HTML(header(), elem_id="gs-top")
         with gr.Tabs(elem_id="gs-tabs") as tabs:

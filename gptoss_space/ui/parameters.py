@@ -115,12 +115,12 @@ def build_parameters(settings: Settings) -> ParameterControls:
         temperature = gr.Slider(
             t_lo, t_hi, value=d.temperature, step=_step(t_lo, t_hi), label="Temperature",
             info=f"0 is deterministic (greedy); higher is more varied. Default {d.temperature:g}.",
-            elem_id="param-temperature",
+            elem_id="param-temperature", min_width=280,
         )
         top_p = gr.Slider(
             p_lo + 0.01 if p_open else p_lo, p_hi, value=d.top_p, step=0.01, label="Top p",
             info=f"Nucleus sampling: the smallest set of tokens whose probability adds up to p. Default {d.top_p:g}.",
-            elem_id="param-top-p",
+            elem_id="param-top-p", min_width=280,
         )
     max_tokens = gr.Slider(
         -1, cap, value=-1, step=1, label="Max tokens",

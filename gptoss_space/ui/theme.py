@@ -88,6 +88,7 @@ CSS = """
 # loading. An in-memory stand-in keeps the embedded chat working; nothing is persisted anyway.
 HEAD = """<style>
 @media (max-width: 640px) { .gradio-container .app { padding: 8px 6px !important; } }
+footer > .divider:last-child { display: none; }
 </style>
 <script>
 (() => {
