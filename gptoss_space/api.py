@@ -86,7 +86,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
 
     @router.get("/api", tags=["health"], summary="Health check: status, model, backend, rate limits")
     @router.get("/api/gpt-oss-2t", tags=["health"], summary="Alias of GET /api")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         backend = service.backend
         check = getattr(backend, "check", None)
         if check is not None:
@@ -100,6 +100,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
             "model": service.model_name,
             "backend": backend.kind,
             "details": info,
+            "page": page.state if (page := getattr(request.app.state, "page", None)) else "off",
             "rate_limit": service.gate.stats(),
             "usage": service.stats(),
             "endpoints": ["POST /api", "POST /api/gpt-oss-2t", "POST /v1/chat/completions", "GET /v1/models"],

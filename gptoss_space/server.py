@@ -14,6 +14,7 @@ from .api import build_router, error_response, error_style
 from .backends import Backend, make_backend
 from .errors import APIError, GenerationFailed, NotFound
 from .httpio import Shutdown
+from .pagemount import PageMount
 from .ratelimit import make_gate
 from .service import ChatService
 from .settings import Settings
@@ -43,9 +44,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         shutdown.install()
         # Load in the background: the port opens at once and GET /api says "loading" until ready.
         loading = asyncio.create_task(_start_backend(backend))
+        if page is not None:
+            page.start()
         try:
             yield
         finally:
+            if page is not None:
+                await page.stop()
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             shutdown.uninstall()
@@ -62,6 +67,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     app.state.service = service
     app.state.settings = settings
     app.state.shutdown = shutdown
+    page = PageMount(app, service, settings) if with_ui else None
+    app.state.page = page
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -73,7 +80,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+        if page is not None and page.state != "ready" and request.url.path == "/":
+            response = page.placeholder()
+        else:
+            response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
@@ -104,10 +114,6 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         return JSONResponse(err.body(error_style(request.url.path)), status_code=405)
 
     app.include_router(build_router(service, shutdown))
-    if with_ui:
-        from .ui import mount_ui
-
-        app = mount_ui(app, service, settings)
     return app
 
 

@@ -55,7 +55,9 @@ class LiveServer:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + self.ready_path, timeout=5).status_code == 200:
+                r = httpx.get(self.url + self.ready_path, timeout=5)
+                # GET /api also says whether the page (mounted after start-up) is there yet.
+                if r.status_code == 200 and r.json().get("page") in (None, "ready", "off"):
                     return
             except httpx.HTTPError:
                 pass
