@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .clientip import TrustedProxies, client_ip, forwarded_for
+from .clientip import TrustedProxies, client_of
 from .errors import APIError, ErrorStyle, NotFound
 from .httpio import ClientGone, ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
 from .responses import collect, sse_events
@@ -27,10 +27,6 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
     settings = service.settings
     trusted = TrustedProxies.from_settings(settings)
 
-    def client_of(request: Request) -> str:
-        peer = request.client.host if request.client else None
-        return client_ip(peer, forwarded_for(request.headers), trusted)
-
     async def chat(request: Request, *, style: ErrorStyle, stream_default: bool) -> Response:
         try:
             raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
@@ -38,7 +34,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
             return Response(status_code=CLIENT_CLOSED)
         body = validate_request(parse_body(raw, max_bytes=settings.max_body_bytes), stream_default=stream_default)
         gen = service.build(body)
-        client = client_of(request)
+        client = client_of(request, trusted)
         request.state.client_id = client
         try:
             ticket = await until_disconnect(request, service.admit(client), stop=shutdown.begun)

@@ -155,3 +155,9 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: TrustedProxi
             if not trusted.contains_addr(addr):
                 break
     return str(current) if current is not None else UNKNOWN
+
+
+def client_of(request, trusted: TrustedProxies) -> str:
+    """The identity of a Starlette request or a gr.Request (both have .client and .headers)."""
+    peer = request.client.host if getattr(request, "client", None) else None
+    return client_ip(peer, forwarded_for(request.headers), trusted)

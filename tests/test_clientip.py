@@ -7,7 +7,7 @@ from starlette.datastructures import Headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptoss_space.clientip import TrustedProxies, client_ip, forwarded_for, parse_ip
+from gptoss_space.clientip import TrustedProxies, client_ip, client_of, forwarded_for, parse_ip
 from gptoss_space.settings import Settings
 
 
@@ -169,3 +169,14 @@ def test_whatever_the_client_writes_its_identity_is_the_address_the_first_proxy_
     # client -> proxies[0] -> ... -> proxies[-1] -> app; each proxy appends the address it saw.
     xff = ", ".join([*prefix, str(client), *proxies[:-1]])
     assert client_ip(proxies[-1], xff, _TRUSTED) == str(parse_ip(str(client)))
+
+
+def test_client_of_reads_a_request_the_api_and_the_page_share():
+    class Req:  # what Starlette requests and gr.Request both offer
+        client = type("C", (), {"host": "127.0.0.1"})()
+        headers = Headers(raw=[(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"198.51.100.7")])
+
+    trusted = TrustedProxies(["127.0.0.0/8"])
+    assert client_of(Req(), trusted) == "198.51.100.7"  # the line the trusted proxy added wins
+    Req.client = None
+    assert client_of(Req(), trusted) == "unknown"

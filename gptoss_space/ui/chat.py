@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import gradio as gr
 from pydantic import ValidationError
 
-from ..clientip import TrustedProxies, client_ip
+from ..clientip import TrustedProxies, client_of
 from ..errors import (
     APIError,
     ContextLengthExceeded,
@@ -106,8 +106,7 @@ class ChatRunner:
     def client_of(self, request: gr.Request | None) -> str:
         if request is None:
             return "gradio"
-        peer = request.client.host if request.client else None
-        return client_ip(peer, request.headers.get("x-forwarded-for"), self.trusted)
+        return client_of(request, self.trusted)
 
     async def turns(self, message: str, history: list | None, params: ChatParams, request) -> AsyncIterator[Turn]:
         try:
