@@ -17,8 +17,11 @@ class IncrementalDecoder:
         self.ids: list[int] = []
         self.prefix_offset = 0
         self.read_offset = 0
+        self._fast = _backend_decode(tokenizer)
 
     def _decode(self, ids: list[int]) -> str:
+        if self._fast is not None:
+            return self._fast(ids, skip_special_tokens=self.skip)
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
 
     def push(self, token_id: int) -> str:
@@ -37,6 +40,18 @@ class IncrementalDecoder:
         full = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
         return full[len(prefix) :] if len(full) > len(prefix) else ""
+
+
+def _backend_decode(tokenizer):
+    """The Rust tokenizer's own decode where transformers' wrapper would only call it (3x less per token)."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if isinstance(tokenizer, TokenizersBackend) and type(tokenizer)._decode is TokenizersBackend._decode and backend:
+        return backend.decode
+    return None
 
 
 class StopMatcher:

@@ -1,0 +1,373 @@
+"""The benchmark (`python -m bench.run`, `make bench`): every figure beside a baseline measured in the same run.
+
+Order: same-run transformers baselines in their own process first (nothing else running), then
+our real server (app.py) on loopback, then the peers (transformers serve, llama.cpp) when they
+are installed, then start-up and proxy figures. The table goes to stdout and to bench/results.md.
+
+    python -m bench.run                # the full run (about 6-9 minutes on 2 vCPUs)
+    python -m bench.run --quick        # 64 new tokens, one repetition, no cold start, no peers
+    python -m bench.run --no-peers --no-cold --tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import servers
+from .client import run_concurrent, stream_chat, time_to_first_byte, wait_ready
+from .report import Report, ms, tps, x
+
+log = logging.getLogger("bench")
+HERE = Path(__file__).resolve().parent
+PORTS = {"ours": 7901, "cold": 7902, "proxy": 7903, "upstream": 7904, "tserve": 7905, "llama": 7906}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=256, help="new tokens a request (default 256)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of the one-stream figures (median)")
+    p.add_argument("--quick", action="store_true", help="64 tokens, 1 repetition, no cold start, no peers, no static/fp32 extras")
+    p.add_argument("--no-peers", action="store_true", help="skip transformers serve and llama.cpp")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold start (GGUF conversion into a fresh cache)")
+    p.add_argument("--no-proxy", action="store_true", help="skip the proxy figures")
+    p.add_argument("--cache-dir", default=os.environ.get("GPTOSS_CACHE_DIR", ""), help="converted-model cache (GPTOSS_CACHE_DIR)")
+    p.add_argument("--out", default=str(HERE / "results.md"), help="where the markdown table goes")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.tokens, a.reps, a.no_peers, a.no_cold = min(a.tokens, 64), 1, True, True
+    return a
+
+
+async def main(a: argparse.Namespace, report: Report) -> None:
+    from transformers import AutoTokenizer
+
+    from gptoss_space.models import _cache_dir, embedded_gguf_path
+    from gptoss_space.settings import Settings
+
+    from .prompts import prompt_set, story_prompt
+
+    settings = Settings(cache_dir=a.cache_dir) if a.cache_dir else Settings()
+    cache_dir = str(settings.cache_dir)
+    model_dir = _cache_dir(settings)
+    if not (model_dir / "config.json").exists():
+        print(f"preparing the converted model in {cache_dir} (once) ...", flush=True)
+        srv = servers.ours(PORTS["ours"], cache_dir)
+        try:
+            await wait_ready(srv.ready_url, 300, srv.proc)
+        finally:
+            srv.stop()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    short = prompt_set(tok, settings, 50, 8)
+    long_ = story_prompt(tok, settings, "a long journey along a river", 1000)
+    eos = sorted({tok.eos_token_id} | ({tok.convert_tokens_to_ids("<|im_end|>")} - {None}))
+    report.machine.update(_machine(a, settings))
+    report.note(f"Prompts: short {short[0].tokens}-{max(p.tokens for p in short)} tokens, long {long_.tokens} tokens, as the model sees them (our system prompt and date included); 8 different short prompts for the concurrent figures.")
+
+    # 1. Baselines, alone on the machine.
+    print("baselines: transformers model.generate ...", flush=True)
+    base = _baselines(a, str(model_dir), short, long_, eos)
+
+    # 2. Our server.
+    print("our server ...", flush=True)
+    srv = servers.ours(PORTS["ours"], cache_dir)
+    try:
+        warm_start = await wait_ready(srv.ready_url, 120, srv.proc)
+        ours = await _measure_ours(a, srv, short, long_)
+    finally:
+        srv.stop()
+    _figures(a, report, base, ours, warm_start)
+
+    # 3. Peers.
+    peers = {"gptoss-space (ours)": ours["levels"]}
+    if a.no_peers:
+        report.note("Peers: skipped (--no-peers / --quick).")
+    else:
+        peers.update(await _measure_peers(a, report, str(model_dir), short))
+    for name, levels in peers.items():
+        for n, c in levels.items():
+            report.peers.append([name, str(n), f"{c['agg']:.1f}", ms(c["ttft_med"]), ms(c["ttft_max"]), tps(c["decode_med"])])
+    _peer_verdict(report, peers)
+
+    # 4. Start-up and proxy.
+    if a.no_cold:
+        report.skip("Cold start (fresh cache: GGUF conversion)", "--no-cold")
+    else:
+        print("cold start ...", flush=True)
+        await _cold_start(report)
+    if a.no_proxy:
+        report.skip("Proxy figures", "--no-proxy")
+    else:
+        print("proxy ...", flush=True)
+        await _proxy(report)
+    report.skip("GPU figures", "no CUDA device in this run (CPU-only torch); on a GPU Space the engine uses transformers' forward")
+
+
+def _machine(a, settings) -> dict:
+    import torch
+    import transformers
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from gptoss_space.models import pick_dtype
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "model": "SmolLM2-135M-Instruct (embedded GGUF, de-quantized)",
+        "dtype": str(pick_dtype(settings, "cpu")).removeprefix("torch."),
+        "new_tokens": a.tokens,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _baselines(a, model_dir: str, short, long_, eos) -> dict:
+    spec = {
+        "model_path": model_dir,
+        "new_tokens": a.tokens,
+        "reps": a.reps,
+        "short": short[0].ids,
+        "long": long_.ids,
+        "batch": [p.ids for p in short],
+        "batch_sizes": [4, 8],
+        "eos": eos,
+        "static": not a.quick,
+        "fp32": True,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        out = subprocess.run([sys.executable, "-m", "bench.baselines", f.name], cwd=servers.ROOT, capture_output=True, text=True, check=True)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"baselines failed: {e.stderr[-2000:]}") from None
+    finally:
+        os.unlink(f.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _body(prompt, a, model: str | None = None, peer: bool = False) -> dict:
+    # Ours gets the user message and adds its system prompt; a peer gets the composed messages, the same prompt.
+    body = {"messages": prompt.messages if peer else [{"role": "user", "content": prompt.user}], "max_tokens": a.tokens, "temperature": 0}
+    if model:
+        body["model"] = model
+    return body
+
+
+async def _levels(url: str, short, a, model=None, peer=False, levels=(1, 4, 8), reps_single: int = 1) -> dict:
+    out = {}
+    for n in levels:
+        runs = [await run_concurrent(url, [_body(p, a, model, peer) for p in short[:n]]) for _ in range(reps_single if n == 1 else 1)]
+        errors = [e for r in runs for e in r.errors]
+        if errors:
+            raise RuntimeError(f"{len(errors)} failed streams at {n}: {errors[0]}")
+        pick = statistics.median
+        out[n] = {
+            "agg": pick([r.aggregate_tps for r in runs]),
+            "ttft_med": pick([r.median_ttft for r in runs]),
+            "ttft_max": pick([r.max_ttft for r in runs]),
+            "decode_med": pick([r.median_decode for r in runs if r.median_decode] or [0.0]) or None,
+            "tokens": [s.count for r in runs for s in r.streams],
+        }
+    return out
+
+
+async def _warm_up(url: str, prompt, a, model=None, peer=False) -> None:
+    body = {**_body(prompt, a, model, peer), "max_tokens": 8}
+    res = await stream_chat(url, body)
+    if res.error:
+        raise RuntimeError(f"warm-up failed: {res.error}")
+
+
+async def _measure_ours(a, srv, short, long_) -> dict:
+    await _warm_up(srv.chat_url, short[1], a)
+    singles = [await stream_chat(srv.chat_url, _body(short[0], a)) for _ in range(a.reps)]
+    for s in singles:
+        if s.error:
+            raise RuntimeError(f"one stream failed: {s.error}")
+    longs = []
+    for _ in range(a.reps):
+        res = await stream_chat(srv.chat_url, {**_body(long_, a), "max_tokens": 4})
+        if res.error:
+            raise RuntimeError(f"long prompt failed: {res.error}")
+        longs.append(res.ttft)
+    levels = await _levels(srv.chat_url, short, a, levels=(4, 8))
+    one = {
+        "agg": statistics.median([s.count / (s.end - s.start) for s in singles]),
+        "ttft_med": statistics.median([s.ttft for s in singles]),
+        "ttft_max": statistics.median([s.ttft for s in singles]),
+        "decode_med": statistics.median([s.decode_tps for s in singles]),
+        "tokens": [s.count for s in singles],
+    }
+    return {
+        "decode": one["decode_med"],
+        "ttft_short": one["ttft_med"],
+        "ttft_long": statistics.median(longs),
+        "tokens": [s.count for s in singles],
+        "levels": {1: one, **levels},
+    }
+
+
+def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> None:
+    b16 = base["bf16"]
+    r = ours["decode"] / b16["decode_tps"]
+    report.add("1. One stream decode, /api SSE", tps(ours["decode"]), f"{tps(b16['decode_tps'])} bf16 generate", x(r), ">= 1.0x", r >= 1.0)
+    if "fp32" in base:
+        f = base["fp32"]["decode_tps"]
+        report.add("1. (beside) fp32 generate decode", tps(ours["decode"]), f"{tps(f)} fp32 generate", x(ours["decode"] / f), "", None)
+    if "bf16_static" in base:
+        s = base["bf16_static"]["decode_tps"]
+        report.add("1. (beside) bf16 generate, static cache", tps(ours["decode"]), f"{tps(s)} static-cache generate", x(ours["decode"] / s), "", None)
+    for label, key, pkey in (("short", "ttft_short", "prefill_short"), ("long", "ttft_long", "prefill_long")):
+        limit = 1.1 * base[pkey] + 0.020
+        report.add(
+            f"2. TTFT via /api, {label} prompt", ms(ours[key]), f"{ms(base[pkey])} raw bf16 prefill",
+            f"{ours[key] / base[pkey]:.2f}x prefill", f"<= {ms(limit)} (1.1x + 20 ms)", ours[key] <= limit,
+        )
+    if "fp32" in base:
+        report.add("2. (beside) generate TTFT bf16 / fp32, short", ms(ours["ttft_short"]), f"{ms(b16['ttft'])} / {ms(base['fp32']['ttft'])}", "", "", None)
+    eight, batch8 = ours["levels"][8], base["batch"]["8"]["aggregate_tps"]
+    r = eight["agg"] / batch8
+    report.add("3. 8 clients: aggregate tok/s (prefill incl.)", tps(eight["agg"]), f"{tps(batch8)} generate, padded batch of 8", x(r), ">= 0.8x", r >= 0.8)
+    limit = 3 * ours["ttft_short"]
+    report.add("3. 8 clients: worst TTFT", ms(eight["ttft_max"]), f"{ms(ours['ttft_short'])} one client", x(eight["ttft_max"] / ours["ttft_short"]), f"<= 3x ({ms(limit)})", eight["ttft_max"] <= limit)
+    four, batch4 = ours["levels"][4], base["batch"]["4"]["aggregate_tps"]
+    report.add("3. (beside) 4 clients: aggregate tok/s", tps(four["agg"]), f"{tps(batch4)} generate, padded batch of 4", x(four["agg"] / batch4), "", None)
+    report.add("5. Start-up, warm cache (GET /api 200)", f"{warm_start:.2f} s", "", "", "<= 5 s", warm_start <= 5.0)
+    report.note(f"Tokens per one-stream request: ours {ours['tokens']}, generate {[r['tokens'] for r in b16['runs']]} (both stop at EOS).")
+    report.note(f"Baselines ran with {base['threads']} torch threads; raw prefill = one bf16 forward over the prompt with a fresh cache.")
+
+
+async def _measure_peers(a, report: Report, model_dir: str, short) -> dict:
+    out = {}
+    why = servers.transformers_serve_available()
+    if why:
+        report.note(f"transformers serve: skipped, {why}.")
+    else:
+        print("peer: transformers serve --continuous-batching ...", flush=True)
+        out.update(await _peer(report, "transformers serve --continuous-batching", lambda: servers.transformers_serve(PORTS["tserve"], model_dir, True), a, short))
+    why = servers.llama_cpp_available()
+    if why:
+        report.note(f"llama.cpp: skipped, {why}.")
+    else:
+        from gptoss_space.models import embedded_gguf_path
+
+        print("peer: llama.cpp (llama-cpp-python server) ...", flush=True)
+        gguf = str(embedded_gguf_path())
+        out.update(await _peer(report, "llama.cpp (llama-cpp-python, Q4_1 GGUF)", lambda: servers.llama_cpp(PORTS["llama"], gguf, os.cpu_count() or 2, 8), a, short))
+    return out
+
+
+async def _peer(report: Report, name: str, start, a, short) -> dict:
+    srv = start()
+    try:
+        await wait_ready(srv.ready_url, 180, srv.proc)
+        await _warm_up(srv.chat_url, short[1], a, srv.model, peer=True)
+        return {name: await _levels(srv.chat_url, short, a, srv.model, peer=True, reps_single=a.reps)}
+    except Exception as e:
+        report.note(f"{name}: failed ({e}); its log: {srv.tail(5)!r}")
+        return {}
+    finally:
+        srv.stop()
+
+
+def _peer_verdict(report: Report, peers: dict) -> None:
+    ours = peers["gptoss-space (ours)"]
+    for name, levels in peers.items():
+        if not name.startswith("transformers serve"):
+            continue
+        for n, c in levels.items():
+            if n in ours:
+                r = ours[n]["agg"] / c["agg"]
+                report.add(f"4. vs {name}, {n} stream(s)", tps(ours[n]["agg"]), tps(c["agg"]), x(r), "> 1.0x", r > 1.0)
+
+
+async def _cold_start(report: Report) -> None:
+    cache = servers.fresh_dir()
+    srv = servers.ours(PORTS["cold"], cache)
+    try:
+        t = await wait_ready(srv.ready_url, 300, srv.proc)
+        report.add("5. Start-up, cold (fresh cache: GGUF conversion)", f"{t:.1f} s", "", "", "", None)
+    except Exception as e:
+        report.note(f"cold start failed: {e}; log: {srv.tail(5)!r}")
+    finally:
+        srv.stop()
+        servers.remove_dir(cache)
+
+
+async def _proxy(report: Report) -> None:
+    up = servers.upstream(PORTS["upstream"], chunks=20, interval_s=0.05)
+    try:
+        await wait_ready(up.base + "/health", 20, up.proc)
+        srv = servers.proxy(PORTS["proxy"], up.chat_url)
+        try:
+            t = await wait_ready(srv.ready_url, 60, srv.proc)
+            report.add("5. Start-up, proxy mode", f"{t:.2f} s", "", "", "<= 2 s", t <= 2.0)
+            await _proxy_figures(report, up, srv)
+        finally:
+            srv.stop()
+    except Exception as e:
+        report.note(f"proxy figures failed: {e}")
+    finally:
+        up.stop()
+
+
+async def _proxy_figures(report: Report, up, srv) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+    for _ in range(5):  # connections, first-call paths
+        await time_to_first_byte(up.chat_url, body)
+        await time_to_first_byte(srv.chat_url, body)
+    direct, proxied = [], []
+    for _ in range(40):  # interleaved, so drift hits both alike
+        direct.append(await time_to_first_byte(up.chat_url, body))
+        proxied.append(await time_to_first_byte(srv.chat_url, body))
+    d, p = statistics.median(direct), statistics.median(proxied)
+    report.add("6. Proxy: time to first byte (median of 40)", ms_f(p), f"{ms_f(d)} upstream direct", f"+{(p - d) * 1000:.1f} ms", "<= upstream + 5 ms", p <= d + 0.005)
+    res = await run_concurrent(srv.chat_url, [body] * 200)
+    ok = len(res.ok) == 200 and all(s.chunks >= 20 for s in res.ok)
+    report.add("6. Proxy: 200 concurrent streams", f"{len(res.ok)}/200 complete, {len(res.errors)} errors", "", "", "no error", ok)
+    if res.errors:
+        report.note(f"proxy stream errors: {sorted(set(res.errors))[:3]}")
+
+
+def ms_f(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def cli(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    logging.basicConfig(level=logging.WARNING)
+    command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = Report(command.strip())
+    t0 = time.perf_counter()
+    try:
+        asyncio.run(main(a, report))
+    except Exception as e:
+        report.note(f"benchmark stopped early: {type(e).__name__}: {e}")
+        print(f"logs in {servers.LOGS}", file=sys.stderr)
+    report.note(f"Benchmark wall time {time.perf_counter() - t0:.0f} s.")
+    text = report.markdown()
+    print("\n" + text)
+    Path(a.out).write_text(text)
+    return 0 if all(r.verdict != "FAIL" for r in report.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
