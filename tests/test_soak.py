@@ -6,7 +6,10 @@ from soak.run import run_load
 
 
 def test_short_soak_loses_nothing_and_keeps_every_promise():
-    report = run_load(requests=240, clients=24, seed=7, max_seconds=90)
+    # Tighter than `make soak` so it fits the suite: 10 starts/s 100 ms apart, shorter fault limits.
+    quick = {"rate_limit_per_second": 10, "rate_limit_min_interval_ms": 100, "request_timeout_s": 1.0,
+             "body_read_timeout_s": 0.6}
+    report = run_load(requests=240, clients=24, seed=7, max_seconds=90, settings=quick)
     assert report["problems"] == [], "\n".join(report["problems"][:40])
     assert report["requests"] == 240 and report["unexpected_5xx"] == 0
     faults = report["faults_injected"]
