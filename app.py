@@ -4,10 +4,14 @@ import logging
 
 import uvicorn
 
-from gptoss_space.server import create_app
 from gptoss_space.settings import Settings
+from gptoss_space.zerogpu import spaces_module
 
 settings = Settings()
+spaces_module(settings)  # on ZeroGPU, `spaces` must be imported before torch touches CUDA
+
+from gptoss_space.server import create_app  # noqa: E402
+
 logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 app = create_app(settings)
 

@@ -114,6 +114,18 @@ class Engine:
     def waiting(self) -> int:
         return len(self._inbox)
 
+    def run_inline(self, seq: Sequence):
+        """Generate one sequence on the calling thread, yielding after each step.
+
+        For ZeroGPU, where generation must happen inside a @spaces.GPU call (a worker process)
+        and the engine thread cannot live. The engine must not be started.
+        """
+        with torch.inference_mode():
+            self._guarded(self._prefill, [seq])
+            while self.rows:
+                yield
+                self._guarded(self._decode_step, list(self.rows))
+
     # -- engine thread --------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from ..errors import ContextLengthExceeded, GenerationFailed, ModelLoading
 from ..models import LoadProgress
+from ..zerogpu import spaces_module
 from ..settings import Settings
 from . import Delta, GenerationRequest
 from .sampling import Sampler
@@ -75,9 +76,14 @@ class LocalBackend:
         self.eos_ids = eos
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
         pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos), 0)
-        self.engine = Engine(
-            model, eos_ids=eos, max_batch_size=self.settings.max_batch_size, max_context=self.max_context, pad_id=pad
-        )
+        if spaces_module(self.settings) is not None:
+            from .zerorun import ZeroGPURunner
+
+            self.engine = ZeroGPURunner(model, self.settings, eos_ids=eos, max_context=self.max_context, pad_id=pad)
+        else:
+            self.engine = Engine(
+                model, eos_ids=eos, max_batch_size=self.settings.max_batch_size, max_context=self.max_context, pad_id=pad
+            )
         self.engine.start()
 
     async def close(self) -> None:
