@@ -79,10 +79,6 @@ class Shutdown:
         self._timeouts: set[asyncio.Timeout] = set()
         self._chained: dict[int, object] = {}
 
-    @property
-    def draining(self) -> bool:
-        return self.begun is not None and self.begun.done()
-
     def install(self) -> None:
         """Called in the lifespan, on the serving loop. Signals only where uvicorn set its handlers (main thread)."""
         self._loop = asyncio.get_running_loop()
