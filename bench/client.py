@@ -140,12 +140,13 @@ async def time_to_first_byte(url: str, body: dict) -> float:
     async with httpx.AsyncClient(transport=transport, timeout=60.0) as client:
         t0 = time.perf_counter()
         async with client.stream("POST", url, json={**body, "stream": True}) as r:
-            async for _ in r.aiter_raw():
-                first = time.perf_counter() - t0
-                break
-            else:
-                raise RuntimeError(f"empty answer, HTTP {r.status_code}")
-            async for _ in r.aiter_raw():
+            chunks = r.aiter_raw()
+            try:
+                await anext(chunks)
+            except StopAsyncIteration:
+                raise RuntimeError(f"empty answer, HTTP {r.status_code}") from None
+            first = time.perf_counter() - t0
+            async for _ in chunks:
                 pass
         return first
 
@@ -162,5 +163,5 @@ async def wait_ready(url: str, timeout: float, proc=None) -> float:
                     return time.perf_counter() - t0
             except httpx.HTTPError:
                 pass
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout:.0f} s")

@@ -240,3 +240,25 @@ def test_nucleus_is_exact_even_when_candidates_fall_short():
     peaked = torch.tensor([0.6, 0.3, 0.05, 0.05])
     ids, _ = _nucleus(peaked, torch.arange(4), 0.8)
     assert ids.tolist() == [0, 1]
+
+
+def test_a_shared_prefix_is_reused_and_changes_nothing(fp32):
+    """A prompt sharing the system prompt with an earlier one prefills only the rest, with the same output."""
+    tok = fp32.tokenizer
+    system = {"role": "system", "content": "Current date and time: Sunday, 22 November 2026, 00:46 UTC.\n\nYou are a helpful assistant."}
+    ps = [tok.apply_chat_template([system, {"role": "user", "content": q}], add_generation_prompt=True, return_dict=True)["input_ids"] for q in QUESTIONS]
+    cold = engine_for(fp32, "lean", prefix_cache=0)
+    cold.start()
+    try:
+        expected = [run_all(cold, [Run(p, 12)])[0] for p in ps]
+    finally:
+        cold.stop()
+    warm = engine_for(fp32, "lean")
+    warm.start()
+    try:
+        assert run_all(warm, [Run(ps[0], 12)])[0] == expected[0]
+        _, _, cached = warm.runner.prefixes.lookup(ps[1])
+        assert cached >= 30  # the template and the system message
+        assert run_all(warm, [Run(p, 12) for p in ps[1:]]) == expected[1:]
+    finally:
+        warm.stop()

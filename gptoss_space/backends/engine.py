@@ -41,13 +41,13 @@ class Sequence:
     generated: int = 0
 
 
-def make_runner(model, *, max_batch_size: int, max_context: int, pad_id: int, kind: str = "auto"):
+def make_runner(model, *, max_batch_size: int, max_context: int, pad_id: int, kind: str = "auto", prefix_cache: int = 4):
     """The lean runner where it reproduces the model (kind "auto" or "lean"), else transformers' forward."""
     from . import leanllama
     from .hfrunner import HFRunner
 
     if kind != "transformers" and leanllama.supports(model):
-        return leanllama.LlamaRunner(model, max_batch_size=max_batch_size, max_context=max_context)
+        return leanllama.LlamaRunner(model, max_batch_size=max_batch_size, max_context=max_context, prefix_entries=prefix_cache)
     if kind == "lean":
         log.warning("the lean runner does not support %s; using transformers' forward", type(model).__name__)
     return HFRunner(model, max_batch_size=max_batch_size, max_context=max_context, pad_id=pad_id)
@@ -64,13 +64,16 @@ class Engine:
         pad_id: int = 0,
         runner: str = "auto",
         threads: int = 0,
+        prefix_cache: int = 4,
     ):
         if threads > 0:
             torch.set_num_threads(threads)
         self.model = model
         self.eos_ids = eos_ids
         self.max_context = max_context
-        self.runner = make_runner(model, max_batch_size=max_batch_size, max_context=max_context, pad_id=pad_id, kind=runner)
+        self.runner = make_runner(
+            model, max_batch_size=max_batch_size, max_context=max_context, pad_id=pad_id, kind=runner, prefix_cache=prefix_cache
+        )
         self.max_batch_size = self.runner.max_rows
         self._inbox: deque[Sequence] = deque()
         self._cv = threading.Condition()
