@@ -192,7 +192,7 @@ def test_valid_bodies_with_edge_values_are_accepted_and_made_safe(body):
     assert gen.seed is None or -(2**63) <= gen.seed < 2**64
 
 
-@settings(max_examples=examples(500), **FUZZ)
+@settings(max_examples=examples(400), **FUZZ)
 @given(case=one_fault())
 def test_one_bad_field_is_refused_naming_that_field(case):
     TRIED["validation_one_fault"] += 1
@@ -330,7 +330,7 @@ def _schemathesis():
     from schemathesis.checks import not_a_server_error
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", schema_app())
-    schema.config.generation.update(modes=["positive", "negative"], max_examples=examples(20), deterministic=SCALE == 1)
+    schema.config.generation.update(modes=["positive", "negative"], max_examples=examples(12), deterministic=SCALE == 1)
 
     @schemathesis.check
     def refusals_name_the_problem(ctx, response, case):
