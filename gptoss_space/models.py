@@ -171,6 +171,9 @@ def _load_named(settings: Settings, device: str, dtype, progress: LoadProgress):
 
 def load_model(settings: Settings, progress: LoadProgress | None = None) -> LoadedModel:
     """Load once: the embedded model (cached after the first conversion) or GPTOSS_MODEL."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no tqdm monitor thread left running for the life of the process
     progress = progress or LoadProgress()
     t0 = time.perf_counter()
     device = pick_device(settings)
