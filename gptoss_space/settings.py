@@ -114,5 +114,16 @@ class Settings(BaseSettings):
         5.0, ge=0, le=600, description="On SIGTERM, seconds running requests get to finish before they end with an error."
     )
 
+    # Performance.
+    engine_runner: Literal["auto", "lean", "transformers"] = Field(
+        "auto",
+        description="auto/lean: the lean Llama forward (packed weights, preallocated cache) where it applies, "
+        "else transformers' forward; transformers: always transformers' forward.",
+    )
+    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine; 0 keeps torch's default (one per core).")
+    prefix_cache_entries: int = Field(
+        4, ge=0, le=64, description="Recent prompts whose KV the lean runner keeps to skip re-prefilling a shared start (0: off)."
+    )
+
     def public_model_name(self, loaded_id: str) -> str:
         return self.model_name or loaded_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -168,10 +169,18 @@ class Engine:
             self.runner.reset()
 
     def _prefill(self, seqs: list[Sequence]) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
         logits = self.runner.prefill([s.prompt_ids for s in seqs])
+        t1, c1 = time.perf_counter(), time.thread_time()
         self.rows.extend(seqs)
         self._last.extend([0] * len(seqs))
         self._choose(seqs, logits, offset=len(self.rows) - len(seqs))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "prefill: %d rows, %d prompt tokens, %.1f ms (forward %.1f ms, engine thread CPU %.1f ms); %d rows decoding",
+                len(seqs), sum(len(s.prompt_ids) for s in seqs), (time.perf_counter() - t0) * 1e3,
+                (t1 - t0) * 1e3, (c1 - c0) * 1e3, len(self.rows),
+            )
 
     def _decode_step(self, rows: list[Sequence]) -> None:
         logits = self.runner.decode(self._last)

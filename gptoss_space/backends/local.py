@@ -81,8 +81,10 @@ class LocalBackend:
 
             self.engine = ZeroGPURunner(model, self.settings, eos_ids=eos, max_context=self.max_context, pad_id=pad)
         else:
+            s = self.settings
             self.engine = Engine(
-                model, eos_ids=eos, max_batch_size=self.settings.max_batch_size, max_context=self.max_context, pad_id=pad
+                model, eos_ids=eos, max_batch_size=s.max_batch_size, max_context=self.max_context, pad_id=pad,
+                runner=s.engine_runner, threads=s.torch_threads, prefix_cache=s.prefix_cache_entries,
             )
         self.engine.start()
 
