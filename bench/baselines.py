@@ -95,33 +95,34 @@ def generate_batch(model, prompts: list[list[int]], new_tokens: int, eos: list[i
 
 
 def median_run(fn, reps: int) -> dict:
-    runs = [fn() for _ in range(reps)]
+    """fn(i) for i in range(reps) (rep i on prompt i), the median of every field."""
+    runs = [fn(i) for i in range(reps)]
     keys = [k for k in runs[0] if all(r[k] is not None for r in runs)]
     return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": runs}
 
 
 def main(spec: dict) -> dict:
     path, n, reps = spec["model_path"], spec["new_tokens"], spec["reps"]
-    short, long_, batch = spec["short"], spec["long"], spec["batch"]
+    singles, long_, batch, warm = spec["singles"], spec["long"], spec["batch"], spec["warm"]
     eos = spec["eos"]
     out: dict = {"threads": torch.get_num_threads()}
     bf16 = load(path, torch.bfloat16)
-    generate_one(bf16, short, 8, eos)  # warm-up: first-call allocations and oneDNN kernel choice
-    out["bf16"] = median_run(lambda: generate_one(bf16, short, n, eos), reps)
-    out["prefill_short"] = prefill(bf16, short, 5)
+    generate_one(bf16, warm, 8, eos)  # warm-up: first-call allocations and oneDNN kernel choice
+    out["bf16"] = median_run(lambda i: generate_one(bf16, singles[i], n, eos), reps)
+    out["prefill_short"] = prefill(bf16, singles[0], 5)
     out["prefill_long"] = prefill(bf16, long_, 3)
     generate_batch(bf16, batch, 4, eos)
     out["batch"] = {}
     for size in spec["batch_sizes"]:
         out["batch"][str(size)] = generate_batch(bf16, batch[:size], n, eos)
     if spec.get("static"):
-        generate_one(bf16, short, 8, eos, cache_implementation="static")
-        out["bf16_static"] = median_run(lambda: generate_one(bf16, short, n, eos, cache_implementation="static"), reps)
+        generate_one(bf16, warm, 8, eos, cache_implementation="static")
+        out["bf16_static"] = median_run(lambda i: generate_one(bf16, singles[i], n, eos, cache_implementation="static"), reps)
     del bf16
     if spec.get("fp32"):
         fp32 = load(path, torch.float32)
-        generate_one(fp32, short, 8, eos)
-        out["fp32"] = median_run(lambda: generate_one(fp32, short, n, eos), max(1, reps - 1))
+        generate_one(fp32, warm, 8, eos)
+        out["fp32"] = median_run(lambda i: generate_one(fp32, singles[i], n, eos), max(1, reps - 1))
     return out
 
 

@@ -8,6 +8,8 @@ from gptoss_space.prompting import PromptOptions, compose_messages, utc_now
 from gptoss_space.schemas import ChatMessage
 from gptoss_space.settings import Settings
 
+# Every measurement gets its own subjects, so no prompt repeats an earlier one: a server with a
+# prefix cache can reuse only what all prompts share (the template and the system prompt).
 SUBJECTS = [
     "a dragon who learns to write software",
     "a lighthouse keeper on a remote island",
@@ -17,6 +19,30 @@ SUBJECTS = [
     "a young astronaut on her first mission to Mars",
     "a village baker who discovers a magic oven",
     "an old clockmaker and his curious apprentice",
+    "a fox who runs a small bookshop",
+    "a sailor lost in a winter storm",
+    "a girl who can talk to trees",
+    "a retired pilot restoring an old plane",
+    "a musician travelling through the mountains",
+    "a scientist who discovers a new colour",
+    "a cat guarding a museum at night",
+    "a boy building a raft to cross a lake",
+    "a painter who loses her sight",
+    "a knight afraid of horses",
+    "a gardener growing a giant pumpkin",
+    "a teacher in a school on the moon",
+    "a thief who only steals books",
+    "an inventor of strange umbrellas",
+    "a whale that sings to ships",
+    "a postman in a town of giants",
+    "a chess player who never loses",
+    "a mapmaker searching for a lost city",
+    "a beekeeper and a curious bear",
+    "a pair of twins separated at sea",
+    "an owl who cannot sleep at night",
+    "a chef cooking for a king",
+    "a miner who finds a glowing stone",
+    "a librarian guarding a secret door",
 ]
 
 # Plain prose to fill long prompts; varied so that it tokenizes like text, not like a repeated token.
@@ -78,5 +104,6 @@ def story_prompt(tokenizer, settings: Settings, subject: str, target_tokens: int
     return best
 
 
-def prompt_set(tokenizer, settings: Settings, target_tokens: int, count: int) -> list[Prompt]:
-    return [story_prompt(tokenizer, settings, SUBJECTS[i % len(SUBJECTS)], target_tokens) for i in range(count)]
+def prompt_set(tokenizer, settings: Settings, target_tokens: int, count: int, first: int = 0) -> list[Prompt]:
+    """count prompts on SUBJECTS[first:first + count]."""
+    return [story_prompt(tokenizer, settings, SUBJECTS[(first + i) % len(SUBJECTS)], target_tokens) for i in range(count)]

@@ -68,22 +68,33 @@ async def main(a: argparse.Namespace, report: Report) -> None:
         finally:
             srv.stop()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    short = prompt_set(tok, settings, 50, 8)
-    long_ = story_prompt(tok, settings, "a long journey along a river", 1000)
+    # Disjoint subjects per measurement (see bench.prompts): only the system prompt repeats.
+    sets = {
+        "singles": prompt_set(tok, settings, 50, a.reps, first=0),
+        "conc": prompt_set(tok, settings, 50, 8, first=8),
+        "long": prompt_set(tok, settings, 1000, a.reps, first=16),
+        "warm": prompt_set(tok, settings, 50, 4, first=24),
+    }
     eos = sorted({tok.eos_token_id} | ({tok.convert_tokens_to_ids("<|im_end|>")} - {None}))
     report.machine.update(_machine(a, settings))
-    report.note(f"Prompts: short {short[0].tokens}-{max(p.tokens for p in short)} tokens, long {long_.tokens} tokens, as the model sees them (our system prompt and date included); 8 different short prompts for the concurrent figures.")
+    shorts = [p.tokens for k in ("singles", "conc", "warm") for p in sets[k]]
+    report.note(
+        f"Prompts as the model sees them (our system prompt and date included): short {min(shorts)}-{max(shorts)} tokens, "
+        f"long {min(p.tokens for p in sets['long'])}-{max(p.tokens for p in sets['long'])} tokens. No prompt repeats: "
+        "one-stream repetitions, the concurrent clients and the long prompts each have their own (a prefix cache can "
+        "reuse only the shared template and system prompt)."
+    )
 
     # 1. Baselines, alone on the machine.
     print("baselines: transformers model.generate ...", flush=True)
-    base = _baselines(a, str(model_dir), short, long_, eos)
+    base = _baselines(a, str(model_dir), sets, eos)
 
     # 2. Our server.
     print("our server ...", flush=True)
     srv = servers.ours(PORTS["ours"], cache_dir)
     try:
         warm_start = await wait_ready(srv.ready_url, 120, srv.proc)
-        ours = await _measure_ours(a, srv, short, long_)
+        ours = await _measure_ours(a, srv, sets)
     finally:
         srv.stop()
     _figures(a, report, base, ours, warm_start)
@@ -93,7 +104,7 @@ async def main(a: argparse.Namespace, report: Report) -> None:
     if a.no_peers:
         report.note("Peers: skipped (--no-peers / --quick).")
     else:
-        peers.update(await _measure_peers(a, report, str(model_dir), short))
+        peers.update(await _measure_peers(a, report, str(model_dir), sets))
     for name, levels in peers.items():
         for n, c in levels.items():
             report.peers.append([name, str(n), f"{c['agg']:.1f}", ms(c["ttft_med"]), ms(c["ttft_max"]), tps(c["decode_med"])])
@@ -139,14 +150,15 @@ def _machine(a, settings) -> dict:
     }
 
 
-def _baselines(a, model_dir: str, short, long_, eos) -> dict:
+def _baselines(a, model_dir: str, sets: dict, eos) -> dict:
     spec = {
         "model_path": model_dir,
         "new_tokens": a.tokens,
         "reps": a.reps,
-        "short": short[0].ids,
-        "long": long_.ids,
-        "batch": [p.ids for p in short],
+        "singles": [p.ids for p in sets["singles"]],
+        "long": sets["long"][0].ids,
+        "warm": sets["warm"][0].ids,
+        "batch": [p.ids for p in sets["conc"]],
         "batch_sizes": [4, 8],
         "eos": eos,
         "static": not a.quick,
@@ -171,10 +183,14 @@ def _body(prompt, a, model: str | None = None, peer: bool = False) -> dict:
     return body
 
 
-async def _levels(url: str, short, a, model=None, peer=False, levels=(1, 4, 8), reps_single: int = 1) -> dict:
+async def _levels(url: str, sets: dict, a, model=None, peer=False, levels=(1, 4, 8)) -> dict:
+    """Aggregate tok/s and TTFTs at each concurrency: one stream per one-stream prompt (median), else one burst."""
     out = {}
     for n in levels:
-        runs = [await run_concurrent(url, [_body(p, a, model, peer) for p in short[:n]]) for _ in range(reps_single if n == 1 else 1)]
+        if n == 1:
+            runs = [await run_concurrent(url, [_body(p, a, model, peer)]) for p in sets["singles"]]
+        else:
+            runs = [await run_concurrent(url, [_body(p, a, model, peer) for p in sets["conc"][:n]])]
         errors = [e for r in runs for e in r.errors]
         if errors:
             raise RuntimeError(f"{len(errors)} failed streams at {n}: {errors[0]}")
@@ -196,32 +212,22 @@ async def _warm_up(url: str, prompt, a, model=None, peer=False) -> None:
         raise RuntimeError(f"warm-up failed: {res.error}")
 
 
-async def _measure_ours(a, srv, short, long_) -> dict:
-    await _warm_up(srv.chat_url, short[1], a)
-    singles = [await stream_chat(srv.chat_url, _body(short[0], a)) for _ in range(a.reps)]
-    for s in singles:
-        if s.error:
-            raise RuntimeError(f"one stream failed: {s.error}")
+async def _measure_ours(a, srv, sets: dict) -> dict:
+    await _warm_up(srv.chat_url, sets["warm"][0], a)
+    levels = await _levels(srv.chat_url, sets, a)
     longs = []
-    for _ in range(a.reps):
-        res = await stream_chat(srv.chat_url, {**_body(long_, a), "max_tokens": 4})
+    for p in sets["long"]:
+        res = await stream_chat(srv.chat_url, {**_body(p, a), "max_tokens": 4})
         if res.error:
             raise RuntimeError(f"long prompt failed: {res.error}")
         longs.append(res.ttft)
-    levels = await _levels(srv.chat_url, short, a, levels=(4, 8))
-    one = {
-        "agg": statistics.median([s.count / (s.end - s.start) for s in singles]),
-        "ttft_med": statistics.median([s.ttft for s in singles]),
-        "ttft_max": statistics.median([s.ttft for s in singles]),
-        "decode_med": statistics.median([s.decode_tps for s in singles]),
-        "tokens": [s.count for s in singles],
-    }
+    one = levels[1]
     return {
         "decode": one["decode_med"],
         "ttft_short": one["ttft_med"],
         "ttft_long": statistics.median(longs),
-        "tokens": [s.count for s in singles],
-        "levels": {1: one, **levels},
+        "tokens": one["tokens"],
+        "levels": levels,
     }
 
 
@@ -251,18 +257,19 @@ def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> No
     four, batch4 = ours["levels"][4], base["batch"]["4"]["aggregate_tps"]
     report.add("3. (beside) 4 clients: aggregate tok/s", tps(four["agg"]), f"{tps(batch4)} generate, padded batch of 4", x(four["agg"] / batch4), "", None)
     report.add("5. Start-up, warm cache (GET /api 200)", f"{warm_start:.2f} s", "", "", "<= 5 s", warm_start <= 5.0)
-    report.note(f"Tokens per one-stream request: ours {ours['tokens']}, generate {[r['tokens'] for r in b16['runs']]} (both stop at EOS).")
+    report.note(f"Tokens per one-stream request: ours {ours['tokens']}, generate {[r['tokens'] for r in b16['runs']]} (both greedy, both stop at EOS).")
     report.note(f"Baselines ran with {base['threads']} torch threads; raw prefill = one bf16 forward over the prompt with a fresh cache.")
 
 
-async def _measure_peers(a, report: Report, model_dir: str, short) -> dict:
+async def _measure_peers(a, report: Report, model_dir: str, sets: dict) -> dict:
     out = {}
     why = servers.transformers_serve_available()
     if why:
         report.note(f"transformers serve: skipped, {why}.")
     else:
         print("peer: transformers serve --continuous-batching ...", flush=True)
-        out.update(await _peer(report, "transformers serve --continuous-batching", lambda: servers.transformers_serve(PORTS["tserve"], model_dir, True), a, short))
+        start = lambda: servers.transformers_serve(PORTS["tserve"], model_dir, True)  # noqa: E731
+        out.update(await _peer(report, "transformers serve --continuous-batching", start, a, sets, sets["warm"][1]))
     why = servers.llama_cpp_available()
     if why:
         report.note(f"llama.cpp: skipped, {why}.")
@@ -271,16 +278,17 @@ async def _measure_peers(a, report: Report, model_dir: str, short) -> dict:
 
         print("peer: llama.cpp (llama-cpp-python server) ...", flush=True)
         gguf = str(embedded_gguf_path())
-        out.update(await _peer(report, "llama.cpp (llama-cpp-python, Q4_1 GGUF)", lambda: servers.llama_cpp(PORTS["llama"], gguf, os.cpu_count() or 2, 8), a, short))
+        start = lambda: servers.llama_cpp(PORTS["llama"], gguf, os.cpu_count() or 2)  # noqa: E731
+        out.update(await _peer(report, "llama.cpp (llama-cpp-python, Q4_1 GGUF)", start, a, sets, sets["warm"][2]))
     return out
 
 
-async def _peer(report: Report, name: str, start, a, short) -> dict:
+async def _peer(report: Report, name: str, start, a, sets: dict, warm) -> dict:
     srv = start()
     try:
         await wait_ready(srv.ready_url, 180, srv.proc)
-        await _warm_up(srv.chat_url, short[1], a, srv.model, peer=True)
-        return {name: await _levels(srv.chat_url, short, a, srv.model, peer=True, reps_single=a.reps)}
+        await _warm_up(srv.chat_url, warm, a, srv.model, peer=True)
+        return {name: await _levels(srv.chat_url, sets, a, srv.model, peer=True)}
     except Exception as e:
         report.note(f"{name}: failed ({e}); its log: {srv.tail(5)!r}")
         return {}

@@ -105,11 +105,15 @@ def llama_cpp_available() -> str | None:
     return f"llama-cpp-python's server extras are missing: {', '.join(missing)}" if missing else None
 
 
-def llama_cpp(port: int, gguf: str, threads: int, parallel: int) -> Server:
-    """llama-cpp-python's OpenAI server on the same GGUF (one sequence at a time: its server has no batching)."""
+def llama_cpp(port: int, gguf: str, threads: int) -> Server:
+    """llama-cpp-python's OpenAI server on the same GGUF, with the GGUF's own chat template.
+
+    It runs one request at a time (no batching across requests); --interrupt_requests False makes
+    the others wait their turn instead of cutting off the running stream.
+    """
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
-        "--n_threads", str(threads), "--n_ctx", "4096", "--chat_format", "chatml",
+        "--n_threads", str(threads), "--n_ctx", "4096", "--interrupt_requests", "False",
     ]
     return _spawn("llama-cpp", cmd, {}, port, "/v1/chat/completions", "/v1/models", model=None)
 

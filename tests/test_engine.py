@@ -136,18 +136,29 @@ def test_rows_joining_mid_decode_keep_their_outputs(fp32, runner):
     assert got == alone
 
 
-def test_bf16_lean_is_close_to_transformers(bf16):
-    """Same first token and near-equal next-token logits as transformers' own bf16 forward."""
-    runner = engine_for(bf16, "lean").runner
-    with torch.inference_mode():
+def test_bf16_lean_matches_transformers(bf16):
+    """In bf16 too, one stream through the lean runner is transformers' own greedy output, logits bit for bit.
+
+    Without the prefix cache: reusing a prefix computes the same sums in another order, which in
+    bf16 can flip a near tie (as batching does), so only fp32 checks it for exact equality.
+    """
+    engine = engine_for(bf16, "lean", prefix_cache=0)
+    engine.start()
+    try:
         for ids in prompts(bf16):
-            ref = bf16.model(torch.tensor([ids])).logits[0, -1].float()
-            runner.reset()
-            mine = runner.prefill([ids])[0].float()
-            assert int(mine.argmax()) == int(ref.argmax())
-            ref_p, mine_p = ref.log_softmax(-1), mine.log_softmax(-1)
-            top = ref_p.topk(20).indices
-            assert (ref_p[top] - mine_p[top]).abs().max() < 0.25
+            x = torch.tensor([ids])
+            with torch.inference_mode():
+                ref = bf16.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
+            expected = [t for t in ref[0, len(ids):].tolist() if t != bf16.tokenizer.eos_token_id]
+            assert run_all(engine, [Run(ids)])[0] == expected
+    finally:
+        engine.stop()
+    runner = engine.runner
+    with torch.inference_mode():
+        ids = prompts(bf16)[1]
+        runner.reset()
+        assert torch.equal(runner.prefill([ids])[0], bf16.model(torch.tensor([ids])).logits[0, -1])
+        runner.reset()
 
 
 def test_a_cancelled_row_leaves_within_two_steps(bf16, runner):

@@ -134,6 +134,7 @@ class Engine:
 
     def _run(self) -> None:
         with torch.inference_mode():
+            rounds = 0  # prefills in a row without a decode step
             while True:
                 with self._cv:
                     while not self._stopping and not self._inbox and not self.rows:
@@ -145,6 +146,15 @@ class Engine:
                 joining = [s for s in joining if not self._drop_if_cancelled(s)]
                 for group in _groups(joining):
                     self._guarded(self._prefill, group)
+                with self._cv:
+                    arrived = bool(self._inbox) and len(self.rows) < self.max_batch_size
+                # A burst of requests arrives over a few ms while the first one prefills: let the
+                # rest join before the next decode step (their first token comes one step sooner),
+                # but never hold the decoding rows back more than two prefills in a row.
+                if joining and arrived and rounds < 2:
+                    rounds += 1
+                    continue
+                rounds = 0
                 if self.rows:
                     self._guarded(self._decode_step, list(self.rows))
         for seq in list(self.rows) + list(self._inbox):
