@@ -1,7 +1,8 @@
 """A tiny scripted OpenAI-compatible upstream for the proxy figures: `python -m bench.upstream PORT CHUNKS INTERVAL_S`.
 
 Plain asyncio streams, no framework, so its own time to first byte is small and steady: the
-first chunk goes out as soon as the request is read, then CHUNKS-1 more every INTERVAL_S.
+first chunk goes out as soon as the request is read, then the rest every INTERVAL_S; a request's
+max_tokens sets how many chunks (CHUNKS when it sends none).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chu
     try:
         while True:
             try:
-                method, _ = await _read_request(reader)
+                method, body = await _read_request(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             if method != "POST":  # health probes
@@ -56,9 +57,13 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chu
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
                 continue
+            try:
+                n = int(json.loads(body).get("max_tokens") or chunks)
+            except (ValueError, AttributeError):
+                n = chunks
             writer.write(_HEAD + _chunk(_event("Hello")))
             await writer.drain()
-            for i in range(1, chunks):
+            for i in range(1, n):
                 await asyncio.sleep(interval)
                 writer.write(_chunk(_event(f" w{i}")))
                 await writer.drain()
