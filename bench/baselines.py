@@ -1,7 +1,9 @@
 """Same-run baselines with plain transformers: model.generate (fp32, bf16, static cache), raw prefill, a padded batch.
 
-Run by bench.run in its own process (`python -m bench.baselines SPEC.json`), before any server
-starts, so nothing else competes for the cores; prints one JSON object as its last line.
+A worker process (`python -m bench.baselines SPEC.json`, JSON commands on stdin, one JSON answer
+a line on stdout) that bench.run drives in turns with our server: each baseline is measured right
+before the figure it is compared with, so the drift of a shared machine hits both alike. While
+one side measures, the other waits idle.
 """
 
 from __future__ import annotations
@@ -94,39 +96,54 @@ def generate_batch(model, prompts: list[list[int]], new_tokens: int, eos: list[i
     return {"tokens": tokens, "wall": wall, "aggregate_tps": tokens / wall}
 
 
-def median_run(fn, reps: int) -> dict:
-    """fn(i) for i in range(reps) (rep i on prompt i), the median of every field."""
-    runs = [fn(i) for i in range(reps)]
-    keys = [k for k in runs[0] if all(r[k] is not None for r in runs)]
-    return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": runs}
+class Worker:
+    """Holds the baseline models; answers one JSON command a line, so the bench can interleave its figures with ours."""
+
+    def __init__(self, path: str, eos: list[int], warm: list[int]):
+        self.path, self.eos, self.warm = path, eos, warm
+        self.models: dict[str, object] = {}
+
+    def model(self, dtype: str):
+        if dtype not in self.models:
+            m = load(self.path, getattr(torch, dtype))
+            generate_one(m, self.warm, 8, self.eos)  # first-call allocations and oneDNN kernel choice
+            generate_one(m, self.warm, 8, self.eos, cache_implementation="static")
+            self.models[dtype] = m
+        return self.models[dtype]
+
+    def handle(self, cmd: dict):
+        op = cmd["op"]
+        if op == "generate":
+            extra = {"cache_implementation": "static"} if cmd.get("static") else {}
+            return generate_one(self.model(cmd["dtype"]), cmd["ids"], cmd["n"], self.eos, **extra)
+        if op == "prefill":
+            return prefill(self.model("bfloat16"), cmd["ids"], cmd.get("reps", 3))
+        if op == "batch":
+            m = self.model("bfloat16")
+            generate_batch(m, cmd["prompts"], 4, self.eos)  # this batch shape's first call
+            return generate_batch(m, cmd["prompts"], cmd["n"], self.eos)
+        if op == "unload":
+            self.models.pop(cmd["dtype"], None)
+            return None
+        if op == "info":
+            return {"threads": torch.get_num_threads()}
+        raise ValueError(f"unknown op {op}")
 
 
-def main(spec: dict) -> dict:
-    path, n, reps = spec["model_path"], spec["new_tokens"], spec["reps"]
-    singles, long_, batch, warm = spec["singles"], spec["long"], spec["batch"], spec["warm"]
-    eos = spec["eos"]
-    out: dict = {"threads": torch.get_num_threads()}
-    bf16 = load(path, torch.bfloat16)
-    generate_one(bf16, warm, 8, eos)  # warm-up: first-call allocations and oneDNN kernel choice
-    out["bf16"] = median_run(lambda i: generate_one(bf16, singles[i], n, eos), reps)
-    out["prefill_short"] = prefill(bf16, singles[0], 5)
-    out["prefill_long"] = prefill(bf16, long_, 3)
-    generate_batch(bf16, batch, 4, eos)
-    out["batch"] = {}
-    for size in spec["batch_sizes"]:
-        out["batch"][str(size)] = generate_batch(bf16, batch[:size], n, eos)
-    if spec.get("static"):
-        generate_one(bf16, warm, 8, eos, cache_implementation="static")
-        out["bf16_static"] = median_run(lambda i: generate_one(bf16, singles[i], n, eos, cache_implementation="static"), reps)
-    del bf16
-    if spec.get("fp32"):
-        fp32 = load(path, torch.float32)
-        generate_one(fp32, warm, 8, eos)
-        out["fp32"] = median_run(lambda i: generate_one(fp32, singles[i], n, eos), max(1, reps - 1))
-    return out
+def serve(spec: dict) -> None:
+    worker = Worker(spec["model_path"], spec["eos"], spec["warm"])
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            return
+        try:
+            out = {"ok": worker.handle(cmd)}
+        except Exception as e:  # reported to the bench, which notes it
+            out = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        result = main(json.load(f))
-    print(json.dumps(result))
+        serve(json.load(f))

@@ -1,7 +1,7 @@
 """The benchmark (`python -m bench.run`, `make bench`): every figure beside a baseline measured in the same run.
 
-Order: same-run transformers baselines in their own process first (nothing else running), then
-our real server (app.py) on loopback, then the peers (transformers serve, llama.cpp) when they
+Order: our real server (app.py) on loopback measured in turns with the transformers baselines
+(bench.baselines, a worker process), then the peers (transformers serve, llama.cpp) when they
 are installed, then start-up and proxy figures. The table goes to stdout and to bench/results.md.
 
     python -m bench.run                # the full run (about 6-9 minutes on 2 vCPUs)
@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import servers
+from . import paired, servers
 from .client import run_concurrent, stream_chat, time_to_first_byte, wait_ready
 from .report import Report, ms, tps, x
 
@@ -55,7 +52,7 @@ async def main(a: argparse.Namespace, report: Report) -> None:
     from gptoss_space.models import _cache_dir, embedded_gguf_path
     from gptoss_space.settings import Settings
 
-    from .prompts import prompt_set, story_prompt
+    from .prompts import prompt_set
 
     settings = Settings(cache_dir=a.cache_dir) if a.cache_dir else Settings()
     cache_dir = str(settings.cache_dir)
@@ -85,20 +82,19 @@ async def main(a: argparse.Namespace, report: Report) -> None:
         "reuse only the shared template and system prompt)."
     )
 
-    # 1. Baselines, alone on the machine.
-    print("baselines: transformers model.generate ...", flush=True)
-    base = _baselines(a, str(model_dir), sets, eos)
-
-    # 2. Our server.
-    print("our server ...", flush=True)
+    # 1-3. Our server and the transformers baselines, measured in turns.
+    print("our server and the transformers baselines, in turns ...", flush=True)
+    base = paired.BaselineWorker(str(model_dir), eos, sets["warm"][3].ids)
     srv = servers.ours(PORTS["ours"], cache_dir)
     try:
         warm_start = await wait_ready(srv.ready_url, 120, srv.proc)
         await _page_ready(report, srv)
-        ours = await _measure_ours(a, srv, sets)
+        base.quiet = srv.proc
+        baselines, ours = await paired.measure(a, srv.chat_url, sets, base, progress=lambda m: print(m, flush=True))
     finally:
         srv.stop()
-    _figures(a, report, base, ours, warm_start)
+        base.close()
+    _figures(a, report, baselines, ours, warm_start)
 
     # 3. Peers.
     peers = {"gptoss-space (ours)": ours["levels"]}
@@ -151,87 +147,6 @@ def _machine(a, settings) -> dict:
     }
 
 
-def _baselines(a, model_dir: str, sets: dict, eos) -> dict:
-    spec = {
-        "model_path": model_dir,
-        "new_tokens": a.tokens,
-        "reps": a.reps,
-        "singles": [p.ids for p in sets["singles"]],
-        "long": sets["long"][0].ids,
-        "warm": sets["warm"][0].ids,
-        "batch": [p.ids for p in sets["conc"]],
-        "batch_sizes": [4, 8],
-        "eos": eos,
-        "static": not a.quick,
-        "fp32": True,
-    }
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        out = subprocess.run([sys.executable, "-m", "bench.baselines", f.name], cwd=servers.ROOT, capture_output=True, text=True, check=True)
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"baselines failed: {e.stderr[-2000:]}") from None
-    finally:
-        os.unlink(f.name)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _body(prompt, a, model: str | None = None, peer: bool = False) -> dict:
-    # Ours gets the user message and adds its system prompt; a peer gets the composed messages, the same prompt.
-    body = {"messages": prompt.messages if peer else [{"role": "user", "content": prompt.user}], "max_tokens": a.tokens, "temperature": 0}
-    if model:
-        body["model"] = model
-    return body
-
-
-async def _levels(url: str, sets: dict, a, model=None, peer=False, levels=(1, 4, 8)) -> dict:
-    """Aggregate tok/s and TTFTs at each concurrency: one stream per one-stream prompt (median), else one burst."""
-    out = {}
-    for n in levels:
-        if n == 1:
-            runs = [await run_concurrent(url, [_body(p, a, model, peer)]) for p in sets["singles"]]
-        else:
-            runs = [await run_concurrent(url, [_body(p, a, model, peer) for p in sets["conc"][:n]])]
-        errors = [e for r in runs for e in r.errors]
-        if errors:
-            raise RuntimeError(f"{len(errors)} failed streams at {n}: {errors[0]}")
-        pick = statistics.median
-        out[n] = {
-            "agg": pick([r.aggregate_tps for r in runs]),
-            "ttft_med": pick([r.median_ttft for r in runs]),
-            "ttft_max": pick([r.max_ttft for r in runs]),
-            "decode_med": pick([r.median_decode for r in runs if r.median_decode] or [0.0]) or None,
-            "tokens": [s.count for r in runs for s in r.streams],
-        }
-    return out
-
-
-async def _warm_up(url: str, prompt, a, model=None, peer=False) -> None:
-    body = {**_body(prompt, a, model, peer), "max_tokens": 8}
-    res = await stream_chat(url, body)
-    if res.error:
-        raise RuntimeError(f"warm-up failed: {res.error}")
-
-
-async def _measure_ours(a, srv, sets: dict) -> dict:
-    await _warm_up(srv.chat_url, sets["warm"][0], a)
-    levels = await _levels(srv.chat_url, sets, a)
-    longs = []
-    for p in sets["long"]:
-        res = await stream_chat(srv.chat_url, {**_body(p, a), "max_tokens": 4})
-        if res.error:
-            raise RuntimeError(f"long prompt failed: {res.error}")
-        longs.append(res.ttft)
-    one = levels[1]
-    return {
-        "decode": one["decode_med"],
-        "ttft_short": one["ttft_med"],
-        "ttft_long": statistics.median(longs),
-        "tokens": one["tokens"],
-        "levels": levels,
-    }
-
-
 def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> None:
     b16 = base["bf16"]
     r = ours["decode"] / b16["decode_tps"]
@@ -250,16 +165,20 @@ def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> No
         )
     if "fp32" in base:
         report.add("2. (beside) generate TTFT bf16 / fp32, short", ms(ours["ttft_short"]), f"{ms(b16['ttft'])} / {ms(base['fp32']['ttft'])}", "", "", None)
-    eight, batch8 = ours["levels"][8], base["batch"]["8"]["aggregate_tps"]
+    eight, batch8 = ours["levels"][8], base["batch"][8]["aggregate_tps"]
     r = eight["agg"] / batch8
     report.add("3. 8 clients: aggregate tok/s (prefill incl.)", tps(eight["agg"]), f"{tps(batch8)} generate, padded batch of 8", x(r), ">= 0.8x", r >= 0.8)
     limit = 3 * ours["ttft_short"]
     report.add("3. 8 clients: worst TTFT", ms(eight["ttft_max"]), f"{ms(ours['ttft_short'])} one client", x(eight["ttft_max"] / ours["ttft_short"]), f"<= 3x ({ms(limit)})", eight["ttft_max"] <= limit)
-    four, batch4 = ours["levels"][4], base["batch"]["4"]["aggregate_tps"]
+    four, batch4 = ours["levels"][4], base["batch"][4]["aggregate_tps"]
     report.add("3. (beside) 4 clients: aggregate tok/s", tps(four["agg"]), f"{tps(batch4)} generate, padded batch of 4", x(four["agg"] / batch4), "", None)
     report.add("5. Start-up, warm cache (GET /api 200)", f"{warm_start:.2f} s", "", "", "<= 5 s", warm_start <= 5.0)
     report.note(f"Tokens per one-stream request: ours {ours['tokens']}, generate {[r['tokens'] for r in b16['runs']]} (both greedy, both stop at EOS).")
-    report.note(f"Baselines ran with {base['threads']} torch threads; raw prefill = one bf16 forward over the prompt with a fresh cache.")
+    report.note(
+        f"Baselines: transformers in a worker process ({base['threads']} torch threads), measured in turns with our server "
+        "(each baseline right before the figure it is compared with; the other side waits idle). Raw prefill = one bf16 "
+        "forward over the prompt with a fresh cache (median of 3). generate runs greedy with its defaults (dynamic cache)."
+    )
 
 
 async def _measure_peers(a, report: Report, model_dir: str, sets: dict) -> dict:
@@ -288,8 +207,10 @@ async def _peer(report: Report, name: str, start, a, sets: dict, warm) -> dict:
     srv = start()
     try:
         await wait_ready(srv.ready_url, 180, srv.proc)
-        await _warm_up(srv.chat_url, warm, a, srv.model, peer=True)
-        return {name: await _levels(srv.chat_url, sets, a, srv.model, peer=True)}
+        res = await stream_chat(srv.chat_url, {**paired.body(warm, 8, srv.model, True)})  # warm-up
+        if res.error:
+            raise RuntimeError(f"warm-up failed: {res.error}")
+        return {name: await paired.peer_levels(srv.chat_url, sets, a.tokens, srv.model)}
     except Exception as e:
         report.note(f"{name}: failed ({e}); its log: {srv.tail(5)!r}")
         return {}

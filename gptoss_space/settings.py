@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     prefix_cache_entries: int = Field(
         4, ge=0, le=64, description="Recent prompts whose KV the lean runner keeps to skip re-prefilling a shared start (0: off)."
     )
+    burst_wait_ms: float = Field(
+        25.0, ge=0, le=1000,
+        description="An idle engine waits up to this long while requests keep arriving, to prefill a burst together (0: off).",
+    )
 
     def public_model_name(self, loaded_id: str) -> str:
         return self.model_name or loaded_id

@@ -257,7 +257,9 @@ def test_a_shared_prefix_is_reused_and_changes_nothing(fp32):
     """A prompt sharing the system prompt with an earlier one prefills only the rest, with the same output."""
     tok = fp32.tokenizer
     system = {"role": "system", "content": "Current date and time: Sunday, 22 November 2026, 00:46 UTC.\n\nYou are a helpful assistant."}
-    ps = [tok.apply_chat_template([system, {"role": "user", "content": q}], add_generation_prompt=True, return_dict=True)["input_ids"] for q in QUESTIONS]
+    # The last one is long: its new part is prefilled by padded causal attention, the others' by an offset mask.
+    questions = [*QUESTIONS, "Summarize: " + " ".join(f"Item {i} is a red box on a green table." for i in range(30))]
+    ps = [tok.apply_chat_template([system, {"role": "user", "content": q}], add_generation_prompt=True, return_dict=True)["input_ids"] for q in questions]
     cold = engine_for(fp32, "lean", prefix_cache=0)
     cold.start()
     try:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # A joining group may pad to at most this much more than its real tokens (plus a little slack).
 _PAD_WASTE = 1.25
+# Requests of a burst reach the engine a few ms apart (each is parsed, templated and tokenized in turn).
+BURST_GAP_S = 0.004
 
 
 @dataclass(eq=False)
@@ -66,6 +68,7 @@ class Engine:
         runner: str = "auto",
         threads: int = 0,
         prefix_cache: int = 4,
+        burst_wait_ms: float = 25.0,
     ):
         if threads > 0:
             torch.set_num_threads(threads)
@@ -76,6 +79,7 @@ class Engine:
             model, max_batch_size=max_batch_size, max_context=max_context, pad_id=pad_id, kind=runner, prefix_cache=prefix_cache
         )
         self.max_batch_size = self.runner.max_rows
+        self.burst_max_s = burst_wait_ms / 1000 if self.max_batch_size > 1 else 0.0
         self._inbox: deque[Sequence] = deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -139,6 +143,8 @@ class Engine:
                 with self._cv:
                     while not self._stopping and not self._inbox and not self.rows:
                         self._cv.wait()
+                    if not self.rows:
+                        self._gather_burst()
                     if self._stopping:
                         break
                     room = self.max_batch_size - len(self.rows)
@@ -161,6 +167,25 @@ class Engine:
             seq.on_error(RuntimeError("server shutting down"))
         self.rows.clear()
         self._inbox.clear()
+
+    def _gather_burst(self) -> None:
+        """With the cores idle, wait while requests keep arriving (a gap of BURST_GAP_S, BURST_MAX_S at most).
+
+        Prefilling a short prompt costs about one full read of the weights, like a decode step: a
+        burst of clients prefilled as one batch gets its first tokens a whole pass sooner than the
+        first client alone and then the rest. A lone request pays one gap. Called holding _cv.
+        """
+        if self.burst_max_s <= 0:
+            return
+        deadline = time.monotonic() + self.burst_max_s
+        while not self._stopping and len(self._inbox) < self.max_batch_size:
+            seen = len(self._inbox)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(min(BURST_GAP_S, left))
+            if len(self._inbox) == seen:
+                return
 
     def _drop_if_cancelled(self, seq: Sequence) -> bool:
         if seq.cancelled.is_set():

@@ -26,6 +26,8 @@ _NEG = float("-inf")
 # The row count oneDNN lays the packed weights out for: the same speed as 1 for one decoding row,
 # 1.3x faster for prefill-sized inputs (a layout for 1 row gets re-laid out on every large call).
 _PACK_ROWS = 64
+# Prefill after a cached prefix: pad the new queries to full causal attention once they are this many times the prefix.
+_PAD_QUERIES = 2
 
 
 def supports(model) -> bool:
@@ -191,7 +193,12 @@ class LlamaRunner:
             new_ids += ids[cached:]
             positions.append(torch.arange(cached, len(ids)))
             spans.append((row, a, fresh))
-            masks.append(_offset_causal(fresh, cached, self.dtype) if cached else None)
+            # After a cached prefix the new queries sit bottom-right of the keys, which SDPA's
+            # is_causal (top-left) does not express. A short new part takes an explicit mask; a
+            # long one is left-padded with zero queries to the full length instead, so the kernel
+            # skips the masked half (an explicit mask makes it compute every block: ~1.3x slower
+            # prefill at 1,000 tokens).
+            masks.append(_offset_causal(fresh, cached, self.dtype) if 0 < cached and fresh < _PAD_QUERIES * cached else None)
         offsets = [0]
         for _, _, fresh in spans:
             offsets.append(offsets[-1] + fresh)
@@ -209,11 +216,14 @@ class LlamaRunner:
                 kc[:, end - fresh : end] = qk[o0 : o0 + fresh, H:].transpose(0, 1)
                 vc[:, end - fresh : end] = qkv[o0 : o0 + fresh, H + KV :].transpose(0, 1)
                 q = qk[o0 : o0 + fresh, :H].transpose(0, 1)[None]  # [1, H, fresh, D]
+                pad = end - a - fresh if mask is None else 0  # the cached prefix, when padded
+                if pad:
+                    q = torch.cat([q.new_zeros((1, H, pad, D)), q], dim=2)
                 o = F.scaled_dot_product_attention(
                     q, kc[None, :, a:end], vc[None, :, a:end], attn_mask=mask, is_causal=mask is None,
                     enable_gqa=True, scale=self.scale,
                 )
-                outs.append(o[0].transpose(0, 1).reshape(fresh, H * D))
+                outs.append(o[0, :, pad:].transpose(0, 1).reshape(fresh, H * D))
             x = layer.o.add(outs[0] if n == 1 else torch.cat(outs), x)
             x = self._mlp(layer, x)
         last = x[torch.tensor(offsets[1:]) - 1]

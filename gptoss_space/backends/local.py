@@ -85,6 +85,7 @@ class LocalBackend:
             self.engine = Engine(
                 model, eos_ids=eos, max_batch_size=s.max_batch_size, max_context=self.max_context, pad_id=pad,
                 runner=s.engine_runner, threads=s.torch_threads, prefix_cache=s.prefix_cache_entries,
+                burst_wait_ms=s.burst_wait_ms,
             )
         self.engine.start()
 
