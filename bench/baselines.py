@@ -131,6 +131,9 @@ class Worker:
 
 
 def serve(spec: dict) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     worker = Worker(spec["model_path"], spec["eos"], spec["warm"])
     for line in sys.stdin:
         cmd = json.loads(line)

@@ -138,6 +138,12 @@ class Engine:
 
     def _run(self) -> None:
         with torch.inference_mode():
+            warm_up = getattr(self.runner, "warm_up", None)
+            if warm_up is not None:
+                try:
+                    warm_up(stop=lambda: bool(self._inbox) or self._stopping)
+                except Exception:  # only a head start: serving works without it
+                    log.exception("engine warm-up failed")
             rounds = 0  # prefills in a row without a decode step
             while True:
                 with self._cv:
