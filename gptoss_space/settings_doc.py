@@ -28,5 +28,18 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def write_readme(path: str = "README.md") -> None:
+    """Replace the table between the settings markers of the README."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, rest = text.split("<!-- settings:start -->\n", 1)
+    _, tail = rest.split("<!-- settings:end -->", 1)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}<!-- settings:start -->\n{settings_table()}\n<!-- settings:end -->{tail}")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(settings_table() + "\n")
+    if "--write" in sys.argv[1:]:
+        write_readme()
+    else:
+        sys.stdout.write(settings_table() + "\n")

@@ -217,9 +217,11 @@ class Engine:
         self._last.extend([0] * len(seqs))
         self._choose(seqs, logits, offset=len(self.rows) - len(seqs))
         if log.isEnabledFor(logging.DEBUG):
+            tokens = sum(len(s.prompt_ids) for s in seqs)
             log.debug(
-                "prefill: %d rows, %d prompt tokens, %.1f ms (forward %.1f ms, engine thread CPU %.1f ms); %d rows decoding",
-                len(seqs), sum(len(s.prompt_ids) for s in seqs), (time.perf_counter() - t0) * 1e3,
+                "prefill: %d rows, %d prompt tokens (%d computed, the rest from the prefix cache), %.1f ms "
+                "(forward %.1f ms, engine thread CPU %.1f ms); %d rows decoding",
+                len(seqs), tokens, getattr(self.runner, "last_fresh", tokens), (time.perf_counter() - t0) * 1e3,
                 (t1 - t0) * 1e3, (c1 - c0) * 1e3, len(self.rows),
             )
 

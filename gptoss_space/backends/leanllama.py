@@ -220,6 +220,7 @@ class LlamaRunner:
         offsets = [0]
         for _, _, fresh in spans:
             offsets.append(offsets[-1] + fresh)
+        self.last_fresh = offsets[-1]  # for the engine's debug log
         extra = _bucket(offsets[-1]) - offsets[-1]  # dummy rows, so oneDNN reuses its kernels for this size
         if extra:
             new_ids += [0] * extra
