@@ -64,13 +64,14 @@ def progress_bar_class(progress: LoadProgress):
 
 @dataclass
 class LoadedModel:
-    model: object  # transformers PreTrainedModel
-    tokenizer: object  # transformers tokenizer
+    model: object  # transformers PreTrainedModel, or leanllama's LlamaWeights on the lean path
+    tokenizer: object  # transformers tokenizer, or chattokenizer.ChatTokenizer on the lean path
     model_id: str
     source: str  # "embedded-gguf" | "embedded-cache" | "local" | "hub"
     device: str
     dtype: str
     load_s: float
+    path: str = "transformers"  # how it was loaded: "transformers" | "lean"
 
 
 def embedded_gguf_path() -> Path:
@@ -111,14 +112,15 @@ def _cache_dir(settings: Settings) -> Path:
     return Path(settings.cache_dir) / "SmolLM2-135M-Instruct"
 
 
-def _load_embedded(settings: Settings, progress: LoadProgress):
+def _load_embedded(settings: Settings, progress: LoadProgress, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache = _cache_dir(settings)
     if (cache / "config.json").is_file() and any(cache.glob("*.safetensors")):
         progress.phase = "loading"
         log.info("loading the embedded model from its converted cache %s", cache)
-        return AutoModelForCausalLM.from_pretrained(cache), AutoTokenizer.from_pretrained(cache), "embedded-cache"
+        # Loaded in its dtype, not cast after: a cast would also round the rotary inv_freq buffer (fp32) to bf16.
+        return AutoModelForCausalLM.from_pretrained(cache, dtype=dtype), AutoTokenizer.from_pretrained(cache), "embedded-cache"
     gguf = embedded_gguf_path()
     progress.phase = "converting"
     log.info("converting the embedded GGUF %s (once; cached in %s)", gguf, cache)
@@ -169,25 +171,64 @@ def _load_named(settings: Settings, device: str, dtype, progress: LoadProgress):
     return AutoModelForCausalLM.from_pretrained(path, **kwargs), AutoTokenizer.from_pretrained(path), source
 
 
-def load_model(settings: Settings, progress: LoadProgress | None = None) -> LoadedModel:
-    """Load once: the embedded model (cached after the first conversion) or GPTOSS_MODEL."""
-    from tqdm import tqdm
+def _lean_folder(settings: Settings) -> tuple[Path | None, str]:
+    """The checkpoint folder already on disk (the embedded model's converted cache, or a local GPTOSS_MODEL), and its source."""
+    if not settings.model:
+        cache = _cache_dir(settings)
+        return (cache, "embedded-cache") if (cache / "config.json").is_file() else (None, "")
+    return (Path(settings.model), "local") if Path(settings.model).is_dir() else (None, "")
 
-    tqdm.monitor_interval = 0  # no tqdm monitor thread left running for the life of the process
+
+def _try_lean(settings: Settings, device: str, dtype, progress: LoadProgress):
+    """(weights, tokenizer, source) through the lean path when the folder allows it, else None."""
+    folder, source = _lean_folder(settings)
+    if folder is None:
+        return None
+    from .backends.leanload import load_lean
+
+    progress.phase = "loading"
+    loaded = load_lean(folder, device, dtype)
+    if isinstance(loaded, str):
+        log.info("loading through transformers: the lean path does not fit %s (%s)", folder, loaded)
+        return None
+    log.info("loaded %s through the lean path (safetensors + tokenizers, no transformers)", folder)
+    return (*loaded, source)
+
+
+def load_model(settings: Settings, progress: LoadProgress | None = None, *, lean: bool = False) -> LoadedModel:
+    """Load once: the embedded model (cached after the first conversion) or GPTOSS_MODEL.
+
+    `lean=True` allows the lean path (leanload): a CPU Llama checkpoint already on disk is read
+    without transformers, for leanllama's runner; anything else loads through transformers.
+    """
     progress = progress or LoadProgress()
     t0 = time.perf_counter()
     device = pick_device(settings)
     dtype = pick_dtype(settings, device)
+    lean_loaded = _try_lean(settings, device, dtype, progress) if lean else None
+    if lean_loaded is not None:
+        model, tokenizer, source = lean_loaded
+        path = "lean"
+    else:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no tqdm monitor thread left running for the life of the process
+        path = "transformers"
+        if settings.model:
+            model, tokenizer, source = _load_named(settings, device, dtype, progress)
+        else:
+            model, tokenizer, source = _load_embedded(settings, progress, dtype)
+        if getattr(model, "hf_device_map", None) is None:
+            model = model.to(device=device)
+            if model.dtype != dtype:  # only then: .to(dtype) casts fp32 buffers (rotary inv_freq) too
+                model = model.to(dtype=dtype)
+        model.eval()
     if settings.model:
-        model, tokenizer, source = _load_named(settings, device, dtype, progress)
         model_id = settings.model.rstrip("/").split("/")[-1] if Path(settings.model).is_dir() else settings.model
     else:
-        model, tokenizer, source = _load_embedded(settings, progress)
         model_id = EMBEDDED_ID
-    if getattr(model, "hf_device_map", None) is None:
-        model = model.to(device=device, dtype=dtype)
-    model.eval()
     progress.phase = "ready"
     load_s = time.perf_counter() - t0
-    log.info("model %s ready on %s (%s) in %.1f s", model_id, device, str(dtype).removeprefix("torch."), load_s)
-    return LoadedModel(model, tokenizer, model_id, source, device, str(dtype).removeprefix("torch."), load_s)
+    dtype_name = str(dtype).removeprefix("torch.")
+    log.info("model %s ready on %s (%s) in %.1f s (%s load path)", model_id, device, dtype_name, load_s, path)
+    return LoadedModel(model, tokenizer, model_id, source, device, dtype_name, load_s, path)

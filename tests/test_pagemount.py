@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
+import asyncio
 
+import httpx
+import pytest
+
+from gptoss_space import pagemount
+from gptoss_space.pagemount import PageMount
 from gptoss_space.server import create_app
 from tests.conftest import make_settings
 from tests.fakes import ScriptedBackend
@@ -32,3 +37,56 @@ def test_root_says_starting_until_the_page_is_there():
         assert r.status_code == 503 and "starting" in r.text and r.headers["retry-after"] == "1"
         assert '<meta http-equiv="refresh"' in r.text
         assert httpx.get(server.url + "/api").json()["page"] == "loading"
+
+
+class SlowStartBackend(ScriptedBackend):
+    """A backend whose start takes `delay` seconds (None: until the server stops), then succeeds or fails."""
+
+    def __init__(self, events: list, delay: float | None, fail: bool = False):
+        super().__init__()
+        self.events, self.delay, self.fail = events, delay, fail
+
+    async def start(self) -> None:
+        if self.delay is None:
+            await asyncio.Event().wait()  # a Hub download that never ends; cancelled at shutdown
+        await asyncio.sleep(self.delay)
+        self.events.append("backend failed" if self.fail else "backend started")
+        if self.fail:
+            raise RuntimeError("no model today")
+
+
+def record_mounts(monkeypatch, events: list) -> None:
+    original = PageMount._mount
+
+    def mount(self):
+        events.append("page mount began")
+        return original(self)
+
+    monkeypatch.setattr(PageMount, "_mount", mount)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_page_mounts_once_the_backend_has_started_or_failed(monkeypatch, fail):
+    """The Gradio import would share the GIL with the model load: it waits for the backend's start to end."""
+    events: list[str] = []
+    record_mounts(monkeypatch, events)
+    app = create_app(make_settings(), backend=SlowStartBackend(events, delay=1.0, fail=fail))
+    with LiveServer(app) as server:
+        assert httpx.get(server.url + "/").status_code == 503  # the placeholder meanwhile
+        server.ready_path = "/api"
+        server.wait_ready()
+        assert httpx.get(server.url + "/").status_code == 200
+    assert events == ["backend failed" if fail else "backend started", "page mount began"]
+
+
+def test_a_long_backend_start_still_gets_the_page(monkeypatch):
+    """A start that takes longer than BACKEND_WAIT_S (a Hub download) does not hold the page back."""
+    events: list[str] = []
+    record_mounts(monkeypatch, events)
+    monkeypatch.setattr(pagemount, "BACKEND_WAIT_S", 0.3)
+    app = create_app(make_settings(), backend=SlowStartBackend(events, delay=None))
+    with LiveServer(app) as server:
+        server.ready_path = "/api"
+        server.wait_ready()
+        assert httpx.get(server.url + "/").status_code == 200
+        assert events == ["page mount began"]  # the backend is still starting

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .kvcache import PrefixStore, RowCache
+from .llamaweights import LlamaWeights, config_supported
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +31,26 @@ _NEG = float("-inf")
 _PACK_ROWS = 64
 # Prefill after a cached prefix: pad the new queries to full causal attention once they are this many times the prefix.
 _PAD_QUERIES = 2
-_BUCKET, _BUCKET_MAX = 16, 256
+_BUCKET, _BUCKET_MAX = 16, 256  # prefill row counts: multiples of 16 up to 256 (all built by warm_up)
 
 
 def supports(model) -> bool:
-    """The architectures whose forward this reproduces exactly (the embedded SmolLM2 is one)."""
-    cfg = model.config
-    try:
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-    except StopIteration:
-        return False
-    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
-    return (
-        type(model).__name__ == "LlamaForCausalLM"
-        and device.type == "cpu"
-        and dtype in (torch.bfloat16, torch.float32)
-        and getattr(cfg, "hidden_act", "") == "silu"
-        and not getattr(cfg, "attention_bias", False)
-        and not getattr(cfg, "mlp_bias", False)
-        and getattr(cfg, "pretraining_tp", 1) == 1
-        and rope in ("default", "linear", "llama3")  # fixed tables (dynamic NTK changes with the length)
-    )
+    """The architectures whose forward this reproduces exactly (the embedded SmolLM2 is one).
+
+    `model`: a transformers model, or a LlamaWeights read from a checkpoint folder.
+    """
+    if isinstance(model, LlamaWeights):
+        cfg, device, dtype = model.config, model.device, model.dtype
+        llama = getattr(cfg, "model_type", "llama") == "llama" and getattr(cfg, "architectures", None) in (None, ["LlamaForCausalLM"])
+    else:
+        cfg = model.config
+        try:
+            device = next(model.parameters()).device
+            dtype = next(model.parameters()).dtype
+        except StopIteration:
+            return False
+        llama = type(model).__name__ == "LlamaForCausalLM"
+    return llama and device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and config_supported(cfg)
 
 
 class _Linear:
@@ -103,8 +102,10 @@ class LlamaRunner:
     """Prefill and decode for a batch of rows; the engine owns which request is in which row."""
 
     def __init__(self, model, *, max_batch_size: int, max_context: int, prefix_entries: int = 4):
-        cfg = model.config
-        self.dtype = next(model.parameters()).dtype
+        """`model`: a transformers LlamaForCausalLM or a LlamaWeights (see `supports`)."""
+        w = model if isinstance(model, LlamaWeights) else LlamaWeights.from_model(model)
+        cfg = w.config
+        self.dtype = w.dtype
         self.max_rows = max_batch_size
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -112,37 +113,35 @@ class LlamaRunner:
         self.eps = cfg.rms_norm_eps
         self._norm_shape = (cfg.hidden_size,)
         self.packed = _can_pack(self.dtype)
-        inner = model.model
-        self.embed = inner.embed_tokens.weight.detach()
+        self.embed = w["model.embed_tokens.weight"]
         self.layers = []
-        for block in inner.layers:
-            att, mlp = block.self_attn, block.mlp
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
             layer = _Layer()
-            layer.ln1 = block.input_layernorm.weight.detach()
-            layer.ln2 = block.post_attention_layernorm.weight.detach()
-            layer.qkv = _Linear(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]), self.packed)
-            layer.o = _Linear(att.o_proj.weight, self.packed)
-            layer.gate = _Linear(mlp.gate_proj.weight, self.packed)
-            layer.up = _Linear(mlp.up_proj.weight, self.packed)
-            layer.down = _Linear(mlp.down_proj.weight, self.packed)
+            layer.ln1 = w[p + "input_layernorm.weight"]
+            layer.ln2 = w[p + "post_attention_layernorm.weight"]
+            qkv = [w[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]
+            layer.qkv = _Linear(torch.cat(qkv), self.packed)
+            layer.o = _Linear(w[p + "self_attn.o_proj.weight"], self.packed)
+            layer.gate = _Linear(w[p + "mlp.gate_proj.weight"], self.packed)
+            layer.up = _Linear(w[p + "mlp.up_proj.weight"], self.packed)
+            layer.down = _Linear(w[p + "mlp.down_proj.weight"], self.packed)
             self.layers.append(layer)
-        self.norm = inner.norm.weight.detach()
-        self.lm_head = _Linear(model.lm_head.weight, self.packed)
-        self._rope_tables(inner.rotary_emb, max_context)
+        self.norm = w["model.norm.weight"]
+        self.lm_head = _Linear(w.lm_head, self.packed)
+        self._rope_tables(w, max_context)
         self.scale = self.head_dim**-0.5
         self.cache = RowCache(len(self.layers), max_batch_size, self.n_kv, self.head_dim, max_context, self.dtype)
         self.prefixes = PrefixStore(entries=prefix_entries)
         self._pending: list[tuple[int, list[int]]] = []  # (row, prompt) whose KV goes to the prefix store
 
-    def _rope_tables(self, rotary, length: int) -> None:
+    def _rope_tables(self, weights: LlamaWeights, length: int) -> None:
         """cos and sin for every position, sin signed so that rotate_half(x) * sin == roll(x) * sin_signed."""
-        positions = torch.arange(length + 1)[None]
-        probe = torch.zeros(1, dtype=self.dtype)
-        cos, sin = rotary(probe, positions)
+        cos, sin = weights.rope(length + 1)
         half = self.head_dim // 2
         sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.dtype)
-        self.cos = cos[0].to(self.dtype).contiguous()
-        self.sin = (sin[0].to(self.dtype) * sign).contiguous()
+        self.cos = cos.contiguous()
+        self.sin = (sin * sign).contiguous()
 
     @property
     def rows(self) -> int:
@@ -225,6 +224,10 @@ class LlamaRunner:
         if extra:
             new_ids += [0] * extra
             positions.append(torch.zeros(extra, dtype=torch.long))
+        # Several short new parts: one attention call a layer over them all (padded to the longest,
+        # one mask) instead of one per row; a long one keeps its own call, where causal skipping pays.
+        fresh_max = max(f for _, _, f in spans)
+        batch = _Batched(spans, end, fresh_max, offsets[-1], extra, self.dtype) if n > 1 and fresh_max <= _BUCKET_MAX else None
         pos = torch.cat(positions)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [S, 1, D]
         x = F.embedding(torch.tensor(new_ids, dtype=torch.long), self.embed)  # [S, hidden]
@@ -233,6 +236,10 @@ class LlamaRunner:
             qkv = layer.qkv(h).view(-1, H + 2 * KV, D)
             qk = qkv[:, : H + KV]
             qk = qk * cos + torch.roll(qk, D // 2, -1) * sin
+            if batch is not None:
+                x = layer.o.add(batch.attend(self, c, li, qk, qkv), x)
+                x = self._mlp(layer, x)
+                continue
             outs = []
             for (row, a, fresh), o0, mask in zip(spans, offsets, masks):
                 kc, vc = c.k[li, row], c.v[li, row]  # [KV, capacity, D]
@@ -294,14 +301,67 @@ class LlamaRunner:
         return logits
 
 
-def _bucket(rows: int) -> int:
-    """Prefill sizes rounded up to a multiple of 16 up to 256 rows.
+class _Batched:
+    """Attention for several new rows at once: queries right-aligned in [n, H, F, D], keys the rows' shared columns.
 
-    oneDNN builds (JIT-compiles) its kernels for each new row count: 20-40 ms the first time, as
-    much as a short prefill itself. Up to 256 rows a few dummy rows cost less than that; above,
-    the rows themselves cost more, so larger sizes stay exact.
+    Row i's prompt fills columns [a_i, end) and its f_i new tokens the last f_i of them. Query slot j
+    of every row stands for column end - F + j: it sees the keys of its own row from a_i up to itself.
+    Slots before a row's new tokens are padding; they see every key (never an all-masked row) and
+    their outputs are dropped.
     """
-    return rows if rows > _BUCKET_MAX else -(-rows // _BUCKET) * _BUCKET
+
+    def __init__(self, spans: list[tuple[int, int, int]], end: int, fresh_max: int, real: int, extra: int, dtype: torch.dtype):
+        n, F_ = len(spans), fresh_max
+        self.first, self.n, self.F, self.extra = spans[0][0], n, F_, extra
+        self.width = end - min(a for _, a, _ in spans)  # key columns [end - width, end)
+        self.end = end
+        rows, cols, slots = [], [], []
+        gather = torch.zeros(n * F_, dtype=torch.long)  # packed token of each slot (padding: token 0)
+        o0 = 0
+        for i, (row, _, fresh) in enumerate(spans):
+            rows += [row] * fresh
+            cols += range(end - fresh, end)
+            slot0 = i * F_ + F_ - fresh
+            gather[slot0 : slot0 + fresh] = torch.arange(o0, o0 + fresh)
+            slots += range(slot0, slot0 + fresh)
+            o0 += fresh
+        self.rows, self.cols = torch.tensor(rows), torch.tensor(cols)
+        self.gather, self.slots = gather, torch.tensor(slots)
+        self.real = real
+        key_col = torch.arange(end - self.width, end)
+        query_col = torch.arange(end - F_, end)
+        starts = torch.tensor([a for _, a, _ in spans])
+        allowed = (key_col[None, None] <= query_col[None, :, None]) & (key_col[None, None] >= starts[:, None, None])
+        is_pad = torch.arange(F_)[None] < (F_ - torch.tensor([f for _, _, f in spans]))[:, None]  # [n, F]
+        allowed |= is_pad[:, :, None]
+        self.mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, _NEG)[:, None]  # [n, 1, F, W]
+
+    def attend(self, runner: "LlamaRunner", c: RowCache, li: int, qk: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        H, KV, D = runner.n_heads, runner.n_kv, runner.head_dim
+        kc, vc = c.k[li], c.v[li]  # [rows, KV, capacity, D]
+        kc[self.rows, :, self.cols] = qk[: self.real, H:]
+        vc[self.rows, :, self.cols] = qkv[: self.real, H + KV :]
+        q = qk[:, :H].index_select(0, self.gather).view(self.n, self.F, H, D).transpose(1, 2)
+        rows, lo = slice(self.first, self.first + self.n), self.end - self.width
+        o = F.scaled_dot_product_attention(
+            q, kc[rows, :, lo : self.end], vc[rows, :, lo : self.end], attn_mask=self.mask, enable_gqa=True, scale=runner.scale
+        )
+        out = o.transpose(1, 2).reshape(self.n * self.F, H * D).index_select(0, self.slots)
+        if self.extra:
+            out = torch.cat([out, out.new_zeros((self.extra, H * D))])
+        return out
+
+
+def _bucket(rows: int) -> int:
+    """Prefill sizes rounded up to a multiple of 1/16 of their power of two, 16 at least (above 256: under 6.3% dummy rows).
+
+    oneDNN builds (JIT-compiles) its kernels for each new row count: 20-40 ms the first time for a
+    short prefill, about 55 ms at 1,000 rows, as much as a short prefill itself. With 16 sizes an
+    octave, a server meets each size once and then reuses its kernels (warm_up builds those up to
+    256 at start); a few dummy rows cost less than a build.
+    """
+    step = max(_BUCKET, 1 << max(0, rows.bit_length() - 5))
+    return -(-rows // step) * step
 
 
 def _offset_causal(queries: int, cached: int, dtype: torch.dtype) -> torch.Tensor:

@@ -46,8 +46,10 @@ class LocalBackend:
     async def start(self) -> None:
         from ..models import load_model
 
+        # The lean path (no transformers import: seconds off the start) wherever the lean runner will run the model.
+        lean = self.settings.engine_runner != "transformers" and spaces_module(self.settings) is None
         try:
-            self.loaded = await asyncio.to_thread(load_model, self.settings, self.progress)
+            self.loaded = await asyncio.to_thread(load_model, self.settings, self.progress, lean=lean)
         except Exception as e:
             self.progress.phase = "failed"
             self.load_error = type(e).__name__
