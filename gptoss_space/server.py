@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from .api import build_router, error_response, error_style
 from .backends import Backend, make_backend
 from .errors import APIError, GenerationFailed, NotFound
+from .headers import StandardHeaders
 from .httpio import Shutdown
 from .pagemount import PageMount
 from .ratelimit import make_gate
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         # Load in the background: the port opens at once and GET /api says "loading" until ready.
         loading = asyncio.create_task(_start_backend(backend))
         if page is not None:
-            page.start()
+            page.start(after=loading)  # the Gradio import would slow the model load down: after it (or 10 s)
         try:
             yield
         finally:
@@ -78,14 +79,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         max_age=86400,
     )
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        if page is not None and page.state != "ready" and request.url.path == "/":
-            response = page.placeholder()
-        else:
-            response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
+    app.add_middleware(StandardHeaders, page=page)
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:

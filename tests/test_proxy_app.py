@@ -227,6 +227,18 @@ def test_chunks_pass_through_as_the_upstream_sends_them(up, proxy):
     assert all(got[i] < sent[i + 1] for i in range(4))  # each one before the upstream sent the next
 
 
+def test_answers_that_end_cleanly_keep_the_upstream_connection(up, proxy):
+    """After [DONE] the end of the body is read, so the next request reuses the connection (no new handshake)."""
+    up.enqueue(Reply(content=["4", "2"]), Reply(content=["4", "2"], usage=USAGE), Reply.completion("42"))
+    for kw in ({}, {"stream_options": {"include_usage": True}}):
+        resp, events, _ = stream(proxy, **kw)
+        assert content_of(events) == "42"
+    assert post(proxy, stream=False).json()["choices"][0]["message"]["content"] == "42"
+    clients = [r.client for r in up.requests]
+    assert len(clients) == 3 and clients[0] is not None
+    assert len(set(clients)) == 1, f"a new upstream connection per answer: {clients}"
+
+
 def test_client_disconnect_aborts_the_upstream_request(up, proxy):
     up.enqueue(Reply(content=[f"{i} " for i in range(40)], chunk_delay_s=0.05))
     with httpx.Client(timeout=10) as client:

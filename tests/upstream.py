@@ -104,6 +104,7 @@ class Recorded:
     disconnected: bool = False  # the client went away before the answer was complete
     cut: bool = False  # the server dropped the connection on purpose (Reply.cut_after)
     disconnected_at: float | None = None
+    client: tuple | None = None  # (host, port) of the connection it came on
 
     @property
     def authorization(self) -> str | None:
@@ -244,6 +245,7 @@ class Upstream:
             headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
             json=payload,
             started=time.monotonic(),
+            client=tuple(scope["client"]) if scope.get("client") else None,
         )
         if rec.method != "POST":
             self.probes.append(rec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 16 * 1024 * 1024  # a whole non-streamed completion
 MAX_MESSAGE_CHARS = 500  # of an upstream's error message passed to our client
+REST_S = 0.25  # to read what follows [DONE] (the end of the body) so the connection is kept
 
 
 def _text(value: Any) -> str:
@@ -123,6 +125,7 @@ class AnswerReader:
                     continue
                 if data == "[DONE]":
                     self.done = True
+                    await _read_rest(events)
                     break
                 try:
                     chunk = json.loads(data)
@@ -134,7 +137,9 @@ class AnswerReader:
                 if delta is not None:
                     yield delta
                 if self.finish_reason is not None and self.completion_tokens is not None:
-                    break  # the usage report is the last chunk: do not wait for a [DONE] that may never come
+                    # The usage report is the last chunk: a [DONE] may follow, or may never come.
+                    await _read_rest(events)
+                    break
         finally:
             await events.aclose()
         if not self.parsed:
@@ -195,6 +200,21 @@ class AnswerReader:
             prompt_tokens=self.prompt_tokens or 0,
             completion_tokens=completion,
         )
+
+
+async def _read_rest(events: AsyncIterator) -> None:
+    """After [DONE] (or the usage report) only the end of the body should follow: read it, briefly.
+
+    httpx keeps a connection for the next request only once its response was read to the end;
+    closed before, the connection is dropped, and every answer would pay a new TCP (and TLS)
+    handshake to the upstream. An upstream that keeps the body open is closed after REST_S.
+    """
+    try:
+        async with asyncio.timeout(REST_S):
+            async for _ in events:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 def _int(value: Any) -> int | None:
