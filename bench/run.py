@@ -85,6 +85,7 @@ async def main(a: argparse.Namespace, report: Report) -> None:
     # 1-3. Our server and the transformers baselines, measured in turns.
     print("our server and the transformers baselines, in turns ...", flush=True)
     base = paired.BaselineWorker(str(model_dir), eos, sets["warm"][3].ids)
+    await base.ask(op="info")  # its imports done, so they do not slow our start-up being measured
     srv = servers.ours(PORTS["ours"], cache_dir)
     try:
         warm_start = await wait_ready(srv.ready_url, 120, srv.proc)
