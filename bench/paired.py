@@ -71,6 +71,11 @@ def body(prompt, tokens: int, model: str | None = None, peer: bool = False) -> d
     return b
 
 
+def burst(sets: dict, size: int) -> list:
+    """The prompts of `size` concurrent clients: 4 and 8 have disjoint ones, so no level finds another's in a prefix cache."""
+    return sets["conc4"] if size == 4 else sets["conc"][:size]
+
+
 def level(runs: list) -> dict:
     errors = [e for r in runs for e in r.errors]
     if errors:
@@ -107,8 +112,8 @@ async def measure(a, url: str, sets: dict, base: BaselineWorker, progress=print)
     levels = {1: level(singles)}
     for size in (4, 8):
         progress(f"  {size} at once: generate on a padded batch, ours with {size} clients")
-        b["batch"][size] = await base.ask(op="batch", prompts=[p.ids for p in sets["conc"][:size]], n=n)
-        levels[size] = level([await run_concurrent(url, [body(p, n) for p in sets["conc"][:size]])])
+        b["batch"][size] = await base.ask(op="batch", prompts=[p.ids for p in burst(sets, size)], n=n)
+        levels[size] = level([await run_concurrent(url, [body(p, n) for p in burst(sets, size)])])
     for r in longs:
         if r.error:
             raise RuntimeError(f"long prompt failed: {r.error}")
@@ -143,5 +148,5 @@ async def peer_levels(url: str, sets: dict, tokens: int, model=None) -> dict:
     """A peer's tok/s and TTFTs at 1 (each one-stream prompt, median), 4 and 8 streams: the requests ours got."""
     out = {1: level([await run_concurrent(url, [body(p, tokens, model, True)]) for p in sets["singles"]])}
     for size in (4, 8):
-        out[size] = level([await run_concurrent(url, [body(p, tokens, model, True) for p in sets["conc"][:size]])])
+        out[size] = level([await run_concurrent(url, [body(p, tokens, model, True) for p in burst(sets, size)])])
     return out

@@ -69,16 +69,17 @@ async def main(a: argparse.Namespace, report: Report) -> None:
     sets = {
         "singles": prompt_set(tok, settings, 50, a.reps, first=0),
         "conc": prompt_set(tok, settings, 50, 8, first=8),
+        "conc4": prompt_set(tok, settings, 50, 4, first=28),  # its own: 8 clients must not find 4 of theirs cached
         "long": prompt_set(tok, settings, 1000, a.reps, first=16),
         "warm": prompt_set(tok, settings, 50, 4, first=24),
     }
     eos = sorted({tok.eos_token_id} | ({tok.convert_tokens_to_ids("<|im_end|>")} - {None}))
     report.machine.update(_machine(a, settings))
-    shorts = [p.tokens for k in ("singles", "conc", "warm") for p in sets[k]]
+    shorts = [p.tokens for k in ("singles", "conc", "conc4", "warm") for p in sets[k]]
     report.note(
         f"Prompts as the model sees them (our system prompt and date included): short {min(shorts)}-{max(shorts)} tokens, "
         f"long {min(p.tokens for p in sets['long'])}-{max(p.tokens for p in sets['long'])} tokens. No prompt repeats: "
-        "one-stream repetitions, the concurrent clients and the long prompts each have their own (a prefix cache can "
+        "one-stream repetitions, the 4 and the 8 concurrent clients and the long prompts each have their own (a prefix cache can "
         "reuse only the shared template and system prompt)."
     )
 

@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     engine_runner: Literal["auto", "lean", "transformers"] = Field(
         "auto",
         description="auto/lean: the lean Llama forward (packed weights, preallocated cache) where it applies, "
-        "else transformers' forward; transformers: always transformers' forward.",
+        "loaded without importing transformers when the checkpoint is on disk, else transformers' forward; "
+        "transformers: always transformers' load and forward.",
     )
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine; 0 keeps torch's default (one per core).")
     prefix_cache_entries: int = Field(
