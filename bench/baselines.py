@@ -15,6 +15,14 @@ import time
 
 import torch
 
+# On a GPU machine every baseline runs on CUDA, as our server does (GPTOSS_DEVICE=auto).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
 
 class _Clock:
     """A generate streamer that stamps every new token (the first put() is the prompt)."""
@@ -36,13 +44,13 @@ class _Clock:
 def load(path: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(DEVICE).eval()
 
 
 def generate_one(model, ids: list[int], new_tokens: int, eos: list[int], **kwargs) -> dict:
     """One stream through model.generate, greedy: time to first token and decode speed, timed per token."""
     clock = _Clock()
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=DEVICE)
     with torch.inference_mode():
         t0 = time.perf_counter()
         out = model.generate(
@@ -63,12 +71,14 @@ def prefill(model, ids: list[int], reps: int) -> float:
     """Median seconds of one forward pass over the prompt with a fresh cache (logits for the last position only)."""
     from transformers import DynamicCache
 
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=DEVICE)
     times = []
     with torch.inference_mode():
         for _ in range(reps + 1):
+            _sync()
             t0 = time.perf_counter()
             model(input_ids=x, past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+            _sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 
@@ -81,11 +91,14 @@ def generate_batch(model, prompts: list[list[int]], new_tokens: int, eos: list[i
     for i, p in enumerate(prompts):
         x[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
+    x, mask = x.to(DEVICE), mask.to(DEVICE)
     with torch.inference_mode():
+        _sync()
         t0 = time.perf_counter()
         out = model.generate(
             x, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[0]
         )
+        _sync()
         wall = time.perf_counter() - t0
     tokens = 0
     for row in out[:, width:].tolist():
@@ -126,7 +139,7 @@ class Worker:
             self.models.pop(cmd["dtype"], None)
             return None
         if op == "info":
-            return {"threads": torch.get_num_threads()}
+            return {"threads": torch.get_num_threads(), "device": DEVICE}
         raise ValueError(f"unknown op {op}")
 
 

@@ -120,7 +120,12 @@ async def main(a: argparse.Namespace, report: Report) -> None:
     else:
         print("proxy ...", flush=True)
         await _proxy(report)
-    report.skip("GPU figures", "no CUDA device in this run (CPU-only torch); on a GPU Space the engine uses transformers' forward")
+    import torch
+
+    if torch.cuda.is_available():
+        report.note(f"GPU: every figure above ran on CUDA ({torch.cuda.get_device_name(0)}), ours and the baselines in bfloat16.")
+    else:
+        report.skip("GPU figures", "no CUDA device in this run; on a GPU the same command measures everything on CUDA")
 
 
 def _machine(a, settings) -> dict:
@@ -137,13 +142,16 @@ def _machine(a, settings) -> dict:
         pass
     from gptoss_space.models import pick_dtype
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        cpu += f" with {torch.cuda.get_device_name(0)}"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "model": "SmolLM2-135M-Instruct (embedded GGUF, de-quantized)",
-        "dtype": str(pick_dtype(settings, "cpu")).removeprefix("torch."),
+        "dtype": str(pick_dtype(settings, device)).removeprefix("torch."),
         "new_tokens": a.tokens,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

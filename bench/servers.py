@@ -91,7 +91,10 @@ def transformers_serve_available() -> str | None:
 
 def transformers_serve(port: int, model_dir: str, continuous_batching: bool) -> Server:
     exe = str(Path(sys.executable).parent / "transformers")
-    cmd = [exe, "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--device", "cpu"]
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where our server and the baselines run too
+    cmd = [exe, "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--device", device]
     if continuous_batching:
         cmd.append("--continuous-batching")
     name = "transformers-serve-cb" if continuous_batching else "transformers-serve"
