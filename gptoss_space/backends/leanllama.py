@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .kvcache import PrefixStore, RowCache
+from .prefillattn import BatchedPrefill, offset_causal
 from .llamaweights import LlamaWeights, config_supported
 
 log = logging.getLogger(__name__)
 
-_NEG = float("-inf")
 # The row count oneDNN lays the packed weights out for: the same speed as 1 for one decoding row,
 # 1.3x faster for prefill-sized inputs (a layout for 1 row gets re-laid out on every large call).
 _PACK_ROWS = 64
@@ -215,7 +215,7 @@ class LlamaRunner:
             # long one is left-padded with zero queries to the full length instead, so the kernel
             # skips the masked half (an explicit mask makes it compute every block: ~1.3x slower
             # prefill at 1,000 tokens).
-            masks.append(_offset_causal(fresh, cached, self.dtype) if 0 < cached and fresh < _PAD_QUERIES * cached else None)
+            masks.append(offset_causal(fresh, cached, self.dtype) if 0 < cached and fresh < _PAD_QUERIES * cached else None)
         offsets = [0]
         for _, _, fresh in spans:
             offsets.append(offsets[-1] + fresh)
@@ -227,7 +227,7 @@ class LlamaRunner:
         # Several short new parts: one attention call a layer over them all (padded to the longest,
         # one mask) instead of one per row; a long one keeps its own call, where causal skipping pays.
         fresh_max = max(f for _, _, f in spans)
-        batch = _Batched(spans, end, fresh_max, offsets[-1], extra, self.dtype) if n > 1 and fresh_max <= _BUCKET_MAX else None
+        batch = BatchedPrefill(spans, end, fresh_max, offsets[-1], extra, self.dtype) if n > 1 and fresh_max <= _BUCKET_MAX else None
         pos = torch.cat(positions)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [S, 1, D]
         x = F.embedding(torch.tensor(new_ids, dtype=torch.long), self.embed)  # [S, hidden]
@@ -301,57 +301,6 @@ class LlamaRunner:
         return logits
 
 
-class _Batched:
-    """Attention for several new rows at once: queries right-aligned in [n, H, F, D], keys the rows' shared columns.
-
-    Row i's prompt fills columns [a_i, end) and its f_i new tokens the last f_i of them. Query slot j
-    of every row stands for column end - F + j: it sees the keys of its own row from a_i up to itself.
-    Slots before a row's new tokens are padding; they see every key (never an all-masked row) and
-    their outputs are dropped.
-    """
-
-    def __init__(self, spans: list[tuple[int, int, int]], end: int, fresh_max: int, real: int, extra: int, dtype: torch.dtype):
-        n, F_ = len(spans), fresh_max
-        self.first, self.n, self.F, self.extra = spans[0][0], n, F_, extra
-        self.width = end - min(a for _, a, _ in spans)  # key columns [end - width, end)
-        self.end = end
-        rows, cols, slots = [], [], []
-        gather = torch.zeros(n * F_, dtype=torch.long)  # packed token of each slot (padding: token 0)
-        o0 = 0
-        for i, (row, _, fresh) in enumerate(spans):
-            rows += [row] * fresh
-            cols += range(end - fresh, end)
-            slot0 = i * F_ + F_ - fresh
-            gather[slot0 : slot0 + fresh] = torch.arange(o0, o0 + fresh)
-            slots += range(slot0, slot0 + fresh)
-            o0 += fresh
-        self.rows, self.cols = torch.tensor(rows), torch.tensor(cols)
-        self.gather, self.slots = gather, torch.tensor(slots)
-        self.real = real
-        key_col = torch.arange(end - self.width, end)
-        query_col = torch.arange(end - F_, end)
-        starts = torch.tensor([a for _, a, _ in spans])
-        allowed = (key_col[None, None] <= query_col[None, :, None]) & (key_col[None, None] >= starts[:, None, None])
-        is_pad = torch.arange(F_)[None] < (F_ - torch.tensor([f for _, _, f in spans]))[:, None]  # [n, F]
-        allowed |= is_pad[:, :, None]
-        self.mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, _NEG)[:, None]  # [n, 1, F, W]
-
-    def attend(self, runner: "LlamaRunner", c: RowCache, li: int, qk: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
-        H, KV, D = runner.n_heads, runner.n_kv, runner.head_dim
-        kc, vc = c.k[li], c.v[li]  # [rows, KV, capacity, D]
-        kc[self.rows, :, self.cols] = qk[: self.real, H:]
-        vc[self.rows, :, self.cols] = qkv[: self.real, H + KV :]
-        q = qk[:, :H].index_select(0, self.gather).view(self.n, self.F, H, D).transpose(1, 2)
-        rows, lo = slice(self.first, self.first + self.n), self.end - self.width
-        o = F.scaled_dot_product_attention(
-            q, kc[rows, :, lo : self.end], vc[rows, :, lo : self.end], attn_mask=self.mask, enable_gqa=True, scale=runner.scale
-        )
-        out = o.transpose(1, 2).reshape(self.n * self.F, H * D).index_select(0, self.slots)
-        if self.extra:
-            out = torch.cat([out, out.new_zeros((self.extra, H * D))])
-        return out
-
-
 def _bucket(rows: int) -> int:
     """Prefill sizes rounded up to a multiple of 1/16 of their power of two, 16 at least (above 256: under 6.3% dummy rows).
 
@@ -362,10 +311,3 @@ def _bucket(rows: int) -> int:
     """
     step = max(_BUCKET, 1 << max(0, rows.bit_length() - 5))
     return -(-rows // step) * step
-
-
-def _offset_causal(queries: int, cached: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask [1, 1, queries, cached + queries]: query j sees the cached prefix and new keys up to itself."""
-    keys = torch.arange(cached + queries)[None]
-    allowed = keys <= torch.arange(queries)[:, None] + cached
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, _NEG)[None, None]
