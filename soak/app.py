@@ -238,6 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     server.run(sockets=[sock])
 
 
+# The default executor's threads (asyncio's, or uvloop's when uvicorn runs on it): joined by the
+# runner's shutdown_default_executor() after _serve returns.
+EXECUTOR_THREADS = ("asyncio_", "uvloop_")
+
+
 class ReportingServer(uvicorn.Server):
     """uvicorn.Server that prints the threads still alive once its shutdown (lifespan included) is done.
 
@@ -249,7 +254,7 @@ class ReportingServer(uvicorn.Server):
     async def _serve(self, sockets=None):
         await super()._serve(sockets)
         others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-        left = [n for n in others if not n.startswith("asyncio_")]
+        left = [n for n in others if not n.startswith(EXECUTOR_THREADS)]
         print(f"THREADS_LEFT {json.dumps(left)} EXECUTOR {len(others) - len(left)}", flush=True)
 
 
