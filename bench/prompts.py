@@ -80,9 +80,14 @@ def encode(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def story_prompt(tokenizer, settings: Settings, subject: str, target_tokens: int) -> Prompt:
+# Different first words for repeated measurements on the same subjects: a prefix cache then
+# finds only the system prompt in common with an earlier request.
+OPENINGS = ("Write a long, detailed story about {}.", "Tell a long, vivid tale about {}.", "Compose a long, gripping saga about {}.")
+
+
+def story_prompt(tokenizer, settings: Settings, subject: str, target_tokens: int, opening: int = 0) -> Prompt:
     """A request for a long story, padded with background prose until the prompt has about target_tokens."""
-    head = f"Write a long, detailed story about {subject}."
+    head = OPENINGS[opening % len(OPENINGS)].format(subject)
 
     def build(n_filler: int) -> Prompt:
         filler = " ".join(_FILLER[i % len(_FILLER)] for i in range(n_filler))
@@ -104,6 +109,8 @@ def story_prompt(tokenizer, settings: Settings, subject: str, target_tokens: int
     return best
 
 
-def prompt_set(tokenizer, settings: Settings, target_tokens: int, count: int, first: int = 0) -> list[Prompt]:
+def prompt_set(tokenizer, settings: Settings, target_tokens: int, count: int, first: int = 0, opening: int = 0) -> list[Prompt]:
     """count prompts on SUBJECTS[first:first + count]."""
-    return [story_prompt(tokenizer, settings, SUBJECTS[(first + i) % len(SUBJECTS)], target_tokens) for i in range(count)]
+    return [
+        story_prompt(tokenizer, settings, SUBJECTS[(first + i) % len(SUBJECTS)], target_tokens, opening) for i in range(count)
+    ]

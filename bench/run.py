@@ -68,18 +68,23 @@ async def main(a: argparse.Namespace, report: Report) -> None:
     # Disjoint subjects per measurement (see bench.prompts): only the system prompt repeats.
     sets = {
         "singles": prompt_set(tok, settings, 50, a.reps, first=0),
-        "conc": prompt_set(tok, settings, 50, 8, first=8),
-        "conc4": prompt_set(tok, settings, 50, 4, first=28),  # its own: 8 clients must not find 4 of theirs cached
+        # Concurrent clients: one burst a repetition, each with prompts of its own (the 4 and the 8
+        # on other subjects, the repetitions with other first words), so none finds another's cached.
+        "bursts": {
+            8: [prompt_set(tok, settings, 50, 8, first=8, opening=k) for k in range(a.reps)],
+            4: [prompt_set(tok, settings, 50, 4, first=28, opening=k) for k in range(a.reps)],
+        },
         "long": prompt_set(tok, settings, 1000, a.reps, first=16),
         "warm": prompt_set(tok, settings, 50, 4, first=24),
     }
     eos = sorted({tok.eos_token_id} | ({tok.convert_tokens_to_ids("<|im_end|>")} - {None}))
     report.machine.update(_machine(a, settings))
-    shorts = [p.tokens for k in ("singles", "conc", "conc4", "warm") for p in sets[k]]
+    sets["conc"], sets["conc4"] = sets["bursts"][8][0], sets["bursts"][4][0]  # what the peers get: one burst each
+    shorts = [p.tokens for k in ("singles", "warm") for p in sets[k]] + [p.tokens for b in sets["bursts"].values() for s in b for p in s]
     report.note(
         f"Prompts as the model sees them (our system prompt and date included): short {min(shorts)}-{max(shorts)} tokens, "
         f"long {min(p.tokens for p in sets['long'])}-{max(p.tokens for p in sets['long'])} tokens. No prompt repeats: "
-        "one-stream repetitions, the 4 and the 8 concurrent clients and the long prompts each have their own (a prefix cache can "
+        "one-stream repetitions, every burst of 4 and of 8 concurrent clients and the long prompts each have their own (a prefix cache can "
         "reuse only the shared template and system prompt)."
     )
 
@@ -177,9 +182,9 @@ def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> No
         report.add("2. (beside) generate TTFT bf16 / fp32, short", ms(ours["ttft_short"]), f"{ms(b16['ttft'])} / {ms(base['fp32']['ttft'])}", "", "", None)
     eight, batch8 = ours["levels"][8], base["batch"][8]["aggregate_tps"]
     r = eight["agg"] / batch8
-    report.add("3. 8 clients: aggregate tok/s (prefill incl.)", tps(eight["agg"]), f"{tps(batch8)} generate, padded batch of 8", x(r), ">= 0.8x", r >= 0.8)
+    report.add(f"3. 8 clients: aggregate tok/s (prefill incl.; median of {a.reps} bursts)", tps(eight["agg"]), f"{tps(batch8)} generate, padded batch of 8", x(r), ">= 0.8x", r >= 0.8)
     limit = 3 * ours["ttft_short"]
-    report.add("3. 8 clients: worst TTFT", ms(eight["ttft_max"]), f"{ms(ours['ttft_short'])} one client", x(eight["ttft_max"] / ours["ttft_short"]), f"<= 3x ({ms(limit)})", eight["ttft_max"] <= limit)
+    report.add(f"3. 8 clients: worst TTFT (median of {a.reps} bursts)", ms(eight["ttft_max"]), f"{ms(ours['ttft_short'])} one client", x(eight["ttft_max"] / ours["ttft_short"]), f"<= 3x ({ms(limit)})", eight["ttft_max"] <= limit)
     four, batch4 = ours["levels"][4], base["batch"][4]["aggregate_tps"]
     report.add("3. (beside) 4 clients: aggregate tok/s", tps(four["agg"]), f"{tps(batch4)} generate, padded batch of 4", x(four["agg"] / batch4), "", None)
     report.add("5. Start-up, warm cache (GET /api 200)", f"{warm_start:.2f} s", "", "", "<= 5 s", warm_start <= 5.0)
