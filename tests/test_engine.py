@@ -7,6 +7,7 @@ the lean Llama runner and transformers' own forward.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -275,3 +276,46 @@ def test_a_shared_prefix_is_reused_and_changes_nothing(fp32):
         assert run_all(warm, [Run(p, 12) for p in ps[1:]]) == expected[1:]
     finally:
         warm.stop()
+
+
+def test_a_prefix_new_prompts_share_is_computed_once(fp32):
+    """A burst whose system prompt is not cached yet (a new minute in it) computes that prompt once, not once a row."""
+    tok = fp32.tokenizer
+    system = {"role": "system", "content": "Current date and time: Sunday, 22 November 2026, 06:31 UTC.\n\nYou are a helpful assistant."}
+    ps = [tok.apply_chat_template([system, {"role": "user", "content": q}], add_generation_prompt=True, return_dict=True)["input_ids"] for q in QUESTIONS]
+    shared = len(os.path.commonprefix(ps))
+    assert shared > 30
+    plain = leanllama.LlamaRunner(fp32.model, max_batch_size=8, max_context=2048, prefix_entries=0)
+    expected = plain.prefill(ps)
+    assert plain.last_fresh == sum(map(len, ps))
+    runner = leanllama.LlamaRunner(fp32.model, max_batch_size=8, max_context=2048)
+    got = runner.prefill(ps)
+    # The shared part once, then each row's own rest; the rows (and nothing else) are in the cache.
+    assert runner.last_fresh == shared + sum(len(p) - shared for p in ps)
+    assert runner.rows == len(ps)
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
+    assert got.argmax(-1).tolist() == expected.argmax(-1).tolist()
+    # And decoding on from those rows continues as without the shared pass.
+    step = got.argmax(-1).tolist()
+    torch.testing.assert_close(runner.decode(step), plain.decode(step), atol=2e-4, rtol=1e-4)
+    # A second burst, with its own system prompt, joins the four decoding rows the same way.
+    other = {"role": "system", "content": "Current date and time: Sunday, 22 November 2026, 06:32 UTC.\n\nAnswer in French, in one short sentence, and always politely."}
+    more = [tok.apply_chat_template([other, {"role": "user", "content": q}], add_generation_prompt=True, return_dict=True)["input_ids"] for q in QUESTIONS[:2]]
+    torch.testing.assert_close(runner.prefill(more), plain.prefill(more), atol=2e-4, rtol=1e-4)
+    cached = len(os.path.commonprefix([ps[0], more[0]]))  # up to the minute, from the first burst
+    shared = len(os.path.commonprefix(more))
+    assert shared - cached >= 16 and runner.last_fresh == sum(map(len, more)) - cached - shared
+    assert runner.rows == plain.rows == 6
+    step = [0] * 6
+    torch.testing.assert_close(runner.decode(step), plain.decode(step), atol=2e-4, rtol=1e-4)
+    # A long shared part (a document, two questions on it) goes through per-row attention, not the batched one.
+    doc = "Read this: " + " ".join(f"Item {i} is a red box on a green table." for i in range(30))
+    asks = [tok.apply_chat_template([{"role": "user", "content": f"{doc}\n\n{q}"}], add_generation_prompt=True, return_dict=True)["input_ids"] for q in QUESTIONS[:2]]
+    shared = len(os.path.commonprefix(asks))
+    assert shared > 256
+    runner.reset(), plain.reset()
+    cached = runner.prefixes.lookup(asks[0])[2]  # no system prompt here: little or nothing
+    torch.testing.assert_close(runner.prefill(asks), plain.prefill(asks), atol=2e-4, rtol=1e-4)
+    assert runner.last_fresh == sum(map(len, asks)) - shared - cached
+    step = [0, 0]
+    torch.testing.assert_close(runner.decode(step), plain.decode(step), atol=2e-4, rtol=1e-4)

@@ -10,7 +10,9 @@ cache written in place instead of concatenated.
 The cache (kvcache.RowCache) keeps rows right-aligned in shared columns. New prompts are
 prefilled packed end to end (no padding: the projections see every real token once, attention
 runs per row) after copying whatever prefix they share with a recent prompt from the
-PrefixStore, usually the system prompt with the date, so only the rest is computed.
+PrefixStore, usually the system prompt with the date, so only the rest is computed. Prompts
+arriving together that share a prefix the store lacks yet (the system prompt in a new minute)
+have it computed once, in the first such row, and copied to the others layer by layer.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .kvcache import PrefixStore, RowCache
-from .prefillattn import BatchedPrefill, offset_causal
+from .prefillattn import BatchedPrefill, ColumnCopy, offset_causal, shared_prefixes
 from .llamaweights import LlamaWeights, config_supported
 
 log = logging.getLogger(__name__)
@@ -198,24 +200,35 @@ class LlamaRunner:
         c.layout(max(len(p) for p in prompts))
         end, first = c.end, c.rows
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        # Each row: its cached prefix (copied into its columns) and its new tokens, packed end to end.
+        found = [self.prefixes.lookup(ids) for ids in prompts]
+        # (Both ways of reusing a prefix's keys and values are off with the prefix cache.)
+        shares = shared_prefixes(prompts, [cached for _, _, cached in found]) if self.prefixes.entries > 0 else {}
+        # Each row: its cached prefix (copied into its columns), then its new tokens, packed end to
+        # end. A row that shares a longer prefix with an earlier row of this call (the system prompt
+        # once its minute has changed) takes that part's keys and values from it in every layer.
         new_ids, positions, spans, masks = [], [], [], []
-        for i, ids in enumerate(prompts):
-            k, v, cached = self.prefixes.lookup(ids)
+        copy = ColumnCopy()
+        for i, (ids, (k, v, cached)) in enumerate(zip(prompts, found)):
             row, a = first + i, end - len(ids)
             if cached:
                 c.k[:, row, :, a : a + cached] = k[:, :, :cached]
                 c.v[:, row, :, a : a + cached] = v[:, :, :cached]
-            fresh = len(ids) - cached
-            new_ids += ids[cached:]
-            positions.append(torch.arange(cached, len(ids)))
+            start = cached
+            if i in shares:
+                leader, upto = shares[i]
+                copy.add(first + leader, end - len(prompts[leader]), row, a, cached, upto)
+                start = upto
+            fresh = len(ids) - start
+            new_ids += ids[start:]
+            positions.append(torch.arange(start, len(ids)))
             spans.append((row, a, fresh))
             # After a cached prefix the new queries sit bottom-right of the keys, which SDPA's
             # is_causal (top-left) does not express. A short new part takes an explicit mask; a
             # long one is left-padded with zero queries to the full length instead, so the kernel
             # skips the masked half (an explicit mask makes it compute every block: ~1.3x slower
             # prefill at 1,000 tokens).
-            masks.append(offset_causal(fresh, cached, self.dtype) if 0 < cached and fresh < _PAD_QUERIES * cached else None)
+            masks.append(offset_causal(fresh, start, self.dtype) if 0 < start and fresh < _PAD_QUERIES * start else None)
+        copy.done()
         offsets = [0]
         for _, _, fresh in spans:
             offsets.append(offsets[-1] + fresh)
@@ -236,21 +249,25 @@ class LlamaRunner:
             qkv = layer.qkv(h).view(-1, H + 2 * KV, D)
             qk = qkv[:, : H + KV]
             qk = qk * cos + torch.roll(qk, D // 2, -1) * sin
+            kc, vc = c.k[li], c.v[li]  # [rows, KV, capacity, D]
             if batch is not None:
-                x = layer.o.add(batch.attend(self, c, li, qk, qkv), x)
+                batch.write(c, li, qk, qkv, H, KV)
+                copy(kc, vc)
+                x = layer.o.add(batch.attend(self, c, li, qk), x)
                 x = self._mlp(layer, x)
                 continue
+            for (row, a, fresh), o0 in zip(spans, offsets):
+                kc[row, :, end - fresh : end] = qk[o0 : o0 + fresh, H:].transpose(0, 1)
+                vc[row, :, end - fresh : end] = qkv[o0 : o0 + fresh, H + KV :].transpose(0, 1)
+            copy(kc, vc)
             outs = []
             for (row, a, fresh), o0, mask in zip(spans, offsets, masks):
-                kc, vc = c.k[li, row], c.v[li, row]  # [KV, capacity, D]
-                kc[:, end - fresh : end] = qk[o0 : o0 + fresh, H:].transpose(0, 1)
-                vc[:, end - fresh : end] = qkv[o0 : o0 + fresh, H + KV :].transpose(0, 1)
                 q = qk[o0 : o0 + fresh, :H].transpose(0, 1)[None]  # [1, H, fresh, D]
                 pad = end - a - fresh if mask is None else 0  # the cached prefix, when padded
                 if pad:
                     q = torch.cat([q.new_zeros((1, H, pad, D)), q], dim=2)
                 o = F.scaled_dot_product_attention(
-                    q, kc[None, :, a:end], vc[None, :, a:end], attn_mask=mask, is_causal=mask is None,
+                    q, kc[None, row, :, a:end], vc[None, row, :, a:end], attn_mask=mask, is_causal=mask is None,
                     enable_gqa=True, scale=self.scale,
                 )
                 outs.append(o[0, :, pad:].transpose(0, 1).reshape(fresh, H * D))
