@@ -36,8 +36,11 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
         gen = service.build(body)
         client = client_of(request, trusted)
         request.state.client_id = client
+        if shutdown.begun is not None and shutdown.begun.done():
+            raise shutting_down()
         try:
-            ticket = await until_disconnect(request, service.admit(client), stop=shutdown.begun)
+            # Most requests may start at once: no task to race against the client leaving.
+            ticket = service.admit_now(client) or await until_disconnect(request, service.admit(client), stop=shutdown.begun)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         request.state.rate_headers = ticket.headers

@@ -78,6 +78,9 @@ class Gate(Protocol):
 
     async def acquire(self, client: str) -> Ticket: ...
 
+    def try_acquire(self, client: str) -> Ticket | None:
+        """A slot at once when the client may start now, without waiting or refusing; None otherwise."""
+
     def stats(self) -> dict: ...
 
     async def start(self) -> None: ...
@@ -113,6 +116,9 @@ class OpenGate:
         self.running = 0
 
     async def acquire(self, client: str) -> Ticket:
+        return self.try_acquire(client)
+
+    def try_acquire(self, client: str) -> Ticket:
         self.running += 1
         return Ticket(client=client, headers={"X-Queue-Time": _secs(0.0)}, on_release=self._done)
 
@@ -166,7 +172,7 @@ class FifoGate:
         self._running = 0
         self._avg_hold_s: float | None = None  # moving average of how long a slot is held
 
-    async def acquire(self, client: str) -> Ticket:
+    def try_acquire(self, client: str) -> Ticket | None:
         now = self._clock()
         self._sweep(now)
         st = self._clients.get(client)
@@ -176,6 +182,14 @@ class FifoGate:
             self._idle.pop(client, None)
         if not st.running and not st.queue and self._earliest(st) <= now:
             return self._start(client, st, now, 0.0)
+        return None
+
+    async def acquire(self, client: str) -> Ticket:
+        ticket = self.try_acquire(client)
+        if ticket is not None:
+            return ticket
+        now = self._clock()
+        st = self._clients[client]  # made by try_acquire; nothing ran in between
         if len(st.queue or ()) >= self.max_queue:
             raise self._refuse(client, st, now, overloaded=False)
         if self._queued >= self.max_total:

@@ -87,9 +87,13 @@ class ChatService:
 
     async def admit(self, client: str) -> Ticket:
         """Wait for this client's turn (FIFO); raises RateLimited / Overloaded / ModelLoading."""
+        return self.admit_now(client) or await self.gate.acquire(client)
+
+    def admit_now(self, client: str) -> Ticket | None:
+        """This client's turn if it may start at once (the common case), else None: then `admit` waits for it."""
         if not self.backend.ready:
             raise ModelLoading("Model is loading, try again shortly", retry_after=5)
-        return await self.gate.acquire(client)
+        return self.gate.try_acquire(client)
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         """The backend's deltas under the wall-clock limit; counts usage. Closing it cancels generation."""

@@ -534,3 +534,19 @@ async def test_random_traffic_keeps_every_promise(ft):
     assert (s["requests_queued"], s["requests_running"]) == (0, 0)
     await ft.advance(2.0)
     assert g.stats()["clients_tracked"] == 0
+
+
+async def test_try_acquire_starts_a_free_client_at_once_and_never_jumps_the_queue(gate, ft):
+    first = gate.try_acquire("8.8.8.8")
+    assert isinstance(first, Ticket) and gate.stats()["requests_running"] == 1
+    assert gate.try_acquire("8.8.8.8") is None  # running: the second must wait its turn
+    assert gate.stats()["requests_running"] == 1 and gate.stats()["requests_queued"] == 0
+    waiting = asyncio.ensure_future(gate.acquire("8.8.8.8"))
+    await ft.settle()
+    first.release()
+    await ft.advance(0.1)
+    assert gate.try_acquire("8.8.8.8") is None  # the queued one goes first, and 0.5 s after the first start
+    await ft.run_until(waiting.done, step=0.01)
+    assert ft.now >= 1000.5
+    waiting.result().release()
+    assert isinstance(gate.try_acquire("9.9.9.9"), Ticket)  # another client is never held behind

@@ -61,6 +61,7 @@ class ProxyBackend:
             raise ValueError("GPTOSS_UPSTREAM_URL must be a full http(s) URL when GPTOSS_BACKEND=proxy")
         self.settings = settings
         self.url = url
+        self._url = httpx.URL(url)  # parsed once: httpx parses a str URL on every request (~55 us here)
         self.host = upstream_host(url)
         self.model_id = settings.upstream_model or self.host
         self.ready = False
@@ -111,7 +112,7 @@ class ProxyBackend:
                 return self._reachable
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    async with self._client.stream("GET", self.url, timeout=PROBE_TIMEOUT_S) as r:
+                    async with self._client.stream("GET", self._url, timeout=PROBE_TIMEOUT_S) as r:
                         reachable = r.status_code < 500
             except (httpx.HTTPError, TimeoutError):
                 reachable = False
@@ -188,7 +189,7 @@ class ProxyBackend:
         """One try: send, check the status, and read up to the first Delta (so early failures retry too)."""
         assert self._client is not None
         try:
-            response = await self._client.send(self._client.build_request("POST", self.url, json=body), stream=True)
+            response = await self._client.send(self._client.build_request("POST", self._url, json=body), stream=True)
         except httpx.HTTPError as exc:
             raise self._failed(exc) from None
         reader = AnswerReader(response, scrub=self._scrub)
