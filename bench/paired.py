@@ -110,15 +110,28 @@ async def measure(a, url: str, sets: dict, base: BaselineWorker, progress=print)
         b["prefill_long"].append(await base.ask(op="prefill", ids=p.ids, reps=2))
         longs.append(await stream_chat(url, {**body(p, n), "max_tokens": 4}))
     levels = {1: level(singles)}
+    med = statistics.median
     for size in (4, 8):
-        progress(f"  {size} at once: generate on a padded batch, ours with {size} clients ({len(sets['bursts'][size])} bursts)")
-        b["batch"][size] = await base.ask(op="batch", prompts=[p.ids for p in burst(sets, size)], n=n)
-        # One burst a repetition (a single burst is one sample of a noisy machine): medians over them.
-        levels[size] = level([await run_concurrent(url, [body(p, n) for p in prompts]) for prompts in sets["bursts"][size]])
+        progress(f"  {size} at once: {len(sets['bursts'][size])} x (generate on a padded batch, ours with {size} clients" + (", one client)" if size == 8 else ")"))
+        # One burst a repetition (a single burst is one sample of a noisy machine), each beside its
+        # own baselines: generate on the same prompts right before it and, for 8, one client alone
+        # right after it (after, so that a burst in a new minute pays for its new system prompt).
+        batches, runs, alone = [], [], []
+        for k, prompts in enumerate(sets["bursts"][size]):
+            batches.append(await base.ask(op="batch", prompts=[p.ids for p in prompts], n=n))
+            runs.append(await run_concurrent(url, [body(p, n) for p in prompts]))
+            if size == 8:
+                alone.append(await run_concurrent(url, [body(sets["alone"][k], 8)]))
+        levels[size] = level(runs)
+        levels[size]["agg_ratio"] = med(r.aggregate_tps / bb["aggregate_tps"] for r, bb in zip(runs, batches))
+        if alone:
+            level(alone)  # raises on a failed stream
+            levels[size]["alone_ttft"] = med(r.max_ttft for r in alone)
+            levels[size]["ttft_ratio"] = med(r.max_ttft / one.max_ttft for r, one in zip(runs, alone))
+        b["batch"][size] = {"aggregate_tps": med(bb["aggregate_tps"] for bb in batches), "runs": batches}
     for r in longs:
         if r.error:
             raise RuntimeError(f"long prompt failed: {r.error}")
-    med = statistics.median
     baselines = {
         "threads": (await base.ask(op="info"))["threads"],
         "bf16": _median_runs(b["bf16"]),

@@ -74,13 +74,15 @@ async def main(a: argparse.Namespace, report: Report) -> None:
             8: [prompt_set(tok, settings, 50, 8, first=8, opening=k) for k in range(a.reps)],
             4: [prompt_set(tok, settings, 50, 4, first=28, opening=k) for k in range(a.reps)],
         },
+        # One client alone right after each burst of 8: the burst's worst TTFT is judged against it.
+        "alone": [prompt_set(tok, settings, 50, 1, first=3 + k, opening=k + 1)[0] for k in range(a.reps)],
         "long": prompt_set(tok, settings, 1000, a.reps, first=16),
         "warm": prompt_set(tok, settings, 50, 4, first=24),
     }
     eos = sorted({tok.eos_token_id} | ({tok.convert_tokens_to_ids("<|im_end|>")} - {None}))
     report.machine.update(_machine(a, settings))
     sets["conc"], sets["conc4"] = sets["bursts"][8][0], sets["bursts"][4][0]  # what the peers get: one burst each
-    shorts = [p.tokens for k in ("singles", "warm") for p in sets[k]] + [p.tokens for b in sets["bursts"].values() for s in b for p in s]
+    shorts = [p.tokens for k in ("singles", "warm", "alone") for p in sets[k]] + [p.tokens for b in sets["bursts"].values() for s in b for p in s]
     report.note(
         f"Prompts as the model sees them (our system prompt and date included): short {min(shorts)}-{max(shorts)} tokens, "
         f"long {min(p.tokens for p in sets['long'])}-{max(p.tokens for p in sets['long'])} tokens. No prompt repeats: "
@@ -181,18 +183,23 @@ def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> No
     if "fp32" in base:
         report.add("2. (beside) generate TTFT bf16 / fp32, short", ms(ours["ttft_short"]), f"{ms(b16['ttft'])} / {ms(base['fp32']['ttft'])}", "", "", None)
     eight, batch8 = ours["levels"][8], base["batch"][8]["aggregate_tps"]
-    r = eight["agg"] / batch8
+    r = eight["agg_ratio"]
     report.add(f"3. 8 clients: aggregate tok/s (prefill incl.; median of {a.reps} bursts)", tps(eight["agg"]), f"{tps(batch8)} generate, padded batch of 8", x(r), ">= 0.8x", r >= 0.8)
-    limit = 3 * ours["ttft_short"]
-    report.add(f"3. 8 clients: worst TTFT (median of {a.reps} bursts)", ms(eight["ttft_max"]), f"{ms(ours['ttft_short'])} one client", x(eight["ttft_max"] / ours["ttft_short"]), f"<= 3x ({ms(limit)})", eight["ttft_max"] <= limit)
+    r = eight["ttft_ratio"]
+    report.add(
+        f"3. 8 clients: worst TTFT (median of {a.reps} bursts)", ms(eight["ttft_max"]), f"{ms(eight['alone_ttft'])} one client",
+        x(r), f"<= 3x ({ms(3 * eight['alone_ttft'])})", r <= 3.0,
+    )
     four, batch4 = ours["levels"][4], base["batch"][4]["aggregate_tps"]
-    report.add("3. (beside) 4 clients: aggregate tok/s", tps(four["agg"]), f"{tps(batch4)} generate, padded batch of 4", x(four["agg"] / batch4), "", None)
+    report.add("3. (beside) 4 clients: aggregate tok/s", tps(four["agg"]), f"{tps(batch4)} generate, padded batch of 4", x(four["agg_ratio"]), "", None)
     report.add("5. Start-up, warm cache (GET /api 200)", f"{warm_start:.2f} s", "", "", "<= 5 s", warm_start <= 5.0)
     report.note(f"Tokens per one-stream request: ours {ours['tokens']}, generate {[r['tokens'] for r in b16['runs']]} (both greedy, both stop at EOS).")
     report.note(
         f"Baselines: transformers in a worker process ({base['threads']} torch threads), measured in turns with our server "
         "(each baseline right before the figure it is compared with; the other side waits idle). Raw prefill = one bf16 "
-        "forward over the prompt with a fresh cache (median of 3). generate runs greedy with its defaults (dynamic cache)."
+        "forward over the prompt with a fresh cache (median of 3). generate runs greedy with its defaults (dynamic cache). "
+        "Concurrency ratios are medians of per-burst ratios: each burst against generate on a padded batch of the same "
+        "prompts right before it, and its worst TTFT against one client alone (a prompt of its own) right after it."
     )
 
 
@@ -309,18 +316,33 @@ def ms_f(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (Linux /proc/stat, all cores), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return [int(v) for v in fields[1:9]] if fields[0] == "cpu" and len(fields) >= 9 else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cli(argv: list[str] | None = None) -> int:
     a = parse(argv)
     logging.basicConfig(level=logging.WARNING)
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     report = Report(command.strip())
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_times()
     try:
         asyncio.run(main(a, report))
     except Exception as e:
         report.note(f"benchmark stopped early: {type(e).__name__}: {e}")
         print(f"logs in {servers.LOGS}", file=sys.stderr)
-    report.note(f"Benchmark wall time {time.perf_counter() - t0:.0f} s.")
+    note = f"Benchmark wall time {time.perf_counter() - t0:.0f} s."
+    cpu1 = _cpu_times()
+    if cpu0 and cpu1 and sum(cpu1) > sum(cpu0):
+        # /proc/stat's 8th column: time this VM's vCPUs were ready to run but the host ran something else.
+        note += f" CPU time stolen by the host (other tenants) during the run: {100 * (cpu1[7] - cpu0[7]) / (sum(cpu1) - sum(cpu0)):.1f}%."
+    report.note(note)
     text = report.markdown()
     print("\n" + text)
     Path(a.out).write_text(text)
