@@ -128,6 +128,8 @@ async def measure(a, url: str, sets: dict, base: BaselineWorker, progress=print)
             level(alone)  # raises on a failed stream
             levels[size]["alone_ttft"] = med(r.max_ttft for r in alone)
             levels[size]["ttft_ratio"] = med(r.max_ttft / one.max_ttft for r, one in zip(runs, alone))
+            levels[size]["ttft_pairs"] = [(r.max_ttft, one.max_ttft) for r, one in zip(runs, alone)]
+        levels[size]["agg_pairs"] = [(r.aggregate_tps, bb["aggregate_tps"]) for r, bb in zip(runs, batches)]
         b["batch"][size] = {"aggregate_tps": med(bb["aggregate_tps"] for bb in batches), "runs": batches}
     for r in longs:
         if r.error:

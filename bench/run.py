@@ -187,8 +187,14 @@ def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> No
     report.add(f"3. 8 clients: aggregate tok/s (prefill incl.; median of {a.reps} bursts)", tps(eight["agg"]), f"{tps(batch8)} generate, padded batch of 8", x(r), ">= 0.8x", r >= 0.8)
     r = eight["ttft_ratio"]
     report.add(
-        f"3. 8 clients: worst TTFT (median of {a.reps} bursts)", ms(eight["ttft_max"]), f"{ms(eight['alone_ttft'])} one client",
-        x(r), f"<= 3x ({ms(3 * eight['alone_ttft'])})", r <= 3.0,
+        f"3. 8 clients: worst TTFT (median of {a.reps} bursts)", ms(eight["ttft_max"]), f"{ms(eight['alone_ttft'])} one client alone",
+        f"{x(r)} (median of the bursts' own ratios)", "<= 3x", r <= 3.0,
+    )
+    report.note(
+        "Bursts of 8 one by one: aggregate ours / generate "
+        + ", ".join(f"{tps(o)} / {tps(g)}" for o, g in eight["agg_pairs"])
+        + "; worst TTFT / one client alone right after "
+        + ", ".join(f"{ms(w)} / {ms(o)} ({w / o:.2f}x)" for w, o in eight["ttft_pairs"]) + "."
     )
     four, batch4 = ours["levels"][4], base["batch"][4]["aggregate_tps"]
     report.add("3. (beside) 4 clients: aggregate tok/s", tps(four["agg"]), f"{tps(batch4)} generate, padded batch of 4", x(four["agg_ratio"]), "", None)
