@@ -138,7 +138,7 @@ async def test_many_disconnects_leave_no_task_thread_or_slot_behind(soak_server)
                 elif kind == "timeout_json":
                     try:
                         await client.post(soak_server.url + "/api", json={**body, "stream": False}, timeout=0.05)
-                    except httpx.ReadTimeout:
+                    except httpx.TimeoutException:  # mostly a read timeout; on a busy host connecting can take 50 ms too
                         pass
                 else:
                     r = await client.post(soak_server.url + "/api", json={**body, "stream": kind == "complete"})

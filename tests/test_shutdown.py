@@ -114,7 +114,12 @@ def test_sigterm_lets_short_work_finish_refuses_queued_and_answers_long_json_503
         queued.start()
         long_json.start()
         deadline = time.monotonic() + 5
-        while proc.stats()["gate"]["requests_queued"] < 1 and time.monotonic() < deadline:
+
+        def settled() -> bool:  # the queued one waits and the long one runs (a request after SIGTERM gets 503 at once)
+            gate = proc.stats()["gate"]
+            return gate["requests_queued"] >= 1 and gate["requests_running"] >= 2
+
+        while not settled() and time.monotonic() < deadline:
             time.sleep(0.02)
         sent = proc.terminate()
         for r in (short, queued, long_json):
