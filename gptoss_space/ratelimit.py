@@ -11,7 +11,7 @@
 * An idle client is forgotten once its constraints no longer matter (max(min interval, W)
   after it went idle) or after `rate_limit_idle_evict_s`, whichever is first.
 
-Headers, on `Ticket.headers` and on this module's refusals (`exc.headers()`); seconds are
+Headers, on `Ticket.headers` and on this gate's refusals (`exc.headers()`; both in gate.py); seconds are
 plain decimals with 3 places ("0.500"), not OpenAI's "500ms" form:
 
 * `X-RateLimit-Limit`: N, the starts allowed per window of W s ("2": per second by default).
@@ -33,106 +33,15 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from .errors import APIError, Overloaded, RateLimited
+from .errors import APIError
+from .gate import ClientRateLimited, Gate, GateOverloaded, OpenGate, Ticket, secs
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable]
-
-
-def _secs(x: float) -> str:
-    return f"{max(0.0, x):.3f}"
-
-
-@dataclass
-class Ticket:
-    """A slot held by one request. release() is idempotent; headers go on the response."""
-
-    client: str
-    queued_s: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-    released: bool = False
-    on_release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
-
-    def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        if self.on_release is not None:
-            self.on_release()
-
-    def __enter__(self) -> Ticket:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-class Gate(Protocol):
-    """Acquire a slot for a client, release it. A store shared between replicas fits here."""
-
-    async def acquire(self, client: str) -> Ticket: ...
-
-    def try_acquire(self, client: str) -> Ticket | None:
-        """A slot at once when the client may start now, without waiting or refusing; None otherwise."""
-
-    def stats(self) -> dict: ...
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class _RateHeaders:
-    rate_headers: dict[str, str] = {}
-
-    def headers(self) -> dict[str, str]:
-        return {**self.rate_headers, **super().headers()}  # type: ignore[misc]
-
-
-class ClientRateLimited(_RateHeaders, RateLimited):
-    """RateLimited (429) that also carries the X-RateLimit-* headers of the refusal."""
-
-
-class GateOverloaded(_RateHeaders, Overloaded):
-    """Overloaded (503) that also carries the X-RateLimit-* headers of the refusal."""
-
-
-def refusal_headers(exc: Exception) -> dict[str, str]:
-    """Every header for an error response: Retry-After plus, for the gate's refusals, X-RateLimit-*."""
-    headers = getattr(exc, "headers", None)
-    return dict(headers()) if callable(headers) else {}
-
-
-class OpenGate:
-    """No limits: every request starts at once. Used when rate limiting is switched off."""
-
-    def __init__(self) -> None:
-        self.running = 0
-
-    async def acquire(self, client: str) -> Ticket:
-        return self.try_acquire(client)
-
-    def try_acquire(self, client: str) -> Ticket:
-        self.running += 1
-        return Ticket(client=client, headers={"X-Queue-Time": _secs(0.0)}, on_release=self._done)
-
-    def _done(self) -> None:
-        self.running -= 1
-
-    def stats(self) -> dict:
-        return {"enabled": False, "clients_tracked": 0, "requests_queued": 0, "requests_running": self.running}
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 class _Client:
@@ -264,8 +173,8 @@ class FifoGate:
         headers = {
             "X-RateLimit-Limit": str(self.window_count),
             "X-RateLimit-Remaining": str(max(0, self.window_count - in_window)),
-            "X-RateLimit-Reset": _secs(self.window_s),  # this start is the window's newest
-            "X-Queue-Time": _secs(queued_s),
+            "X-RateLimit-Reset": secs(self.window_s),  # this start is the window's newest
+            "X-Queue-Time": secs(queued_s),
         }
         return Ticket(client=client, queued_s=queued_s, headers=headers, on_release=lambda: self._release(client, st))
 
@@ -308,8 +217,8 @@ class FifoGate:
         headers = {
             "X-RateLimit-Limit": str(self.window_count),
             "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": _secs(retry),
-            "X-Queue-Time": _secs(0.0),
+            "X-RateLimit-Reset": secs(retry),
+            "X-Queue-Time": secs(0.0),
         }
         if overloaded:
             log.warning("gate: %d requests waiting in all, refusing (503)", self._queued)

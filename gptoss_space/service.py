@@ -11,7 +11,7 @@ from typing import AsyncIterator
 from .backends import Backend, Delta, GenerationRequest
 from .errors import GenerationTimeout, InvalidRequest, ModelLoading
 from .prompting import PromptOptions, compose_messages, utc_now
-from .ratelimit import Ticket
+from .gate import Ticket
 from .schemas import ChatRequest
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,17 @@ class ChatService:
 
     async def admit(self, client: str) -> Ticket:
         """Wait for this client's turn (FIFO); raises RateLimited / Overloaded / ModelLoading."""
-        return self.admit_now(client) or await self.gate.acquire(client)
+        self._check_ready()
+        return await self.gate.acquire(client)  # starts at once when it can
 
     def admit_now(self, client: str) -> Ticket | None:
         """This client's turn if it may start at once (the common case), else None: then `admit` waits for it."""
+        self._check_ready()
+        return self.gate.try_acquire(client)
+
+    def _check_ready(self) -> None:
         if not self.backend.ready:
             raise ModelLoading("Model is loading, try again shortly", retry_after=5)
-        return self.gate.try_acquire(client)
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         """The backend's deltas under the wall-clock limit; counts usage. Closing it cancels generation."""

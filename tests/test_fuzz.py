@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gptoss_space.errors import APIError
-from gptoss_space.ratelimit import OpenGate
+from gptoss_space.gate import OpenGate
 from gptoss_space.schemas import parse_body, validate_request
 from gptoss_space.server import create_app
 from gptoss_space.service import ChatService

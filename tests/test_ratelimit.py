@@ -13,7 +13,8 @@ import tracemalloc
 import pytest
 
 from gptoss_space.errors import APIError, Overloaded, RateLimited
-from gptoss_space.ratelimit import FifoGate, OpenGate, Ticket, make_gate, refusal_headers
+from gptoss_space.gate import OpenGate, Ticket, refusal_headers
+from gptoss_space.ratelimit import FifoGate, make_gate
 from gptoss_space.settings import Settings
 
 
