@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .openmp import release_pool
 from .sampling import Sampler, choose
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Engine:
     # -- public, any thread -------------------------------------------------------------------
 
     def start(self) -> None:
+        # Building the runner ran torch ops on this thread: its OpenMP pool goes, the engine's is the only one.
+        release_pool()
         self._thread = threading.Thread(target=self._run, name="gptoss-engine", daemon=True)
         self._thread.start()
 

@@ -11,6 +11,7 @@ from ..models import LoadProgress
 from ..zerogpu import spaces_module
 from ..settings import Settings
 from . import Delta, GenerationRequest
+from .openmp import release_pool
 from .sampling import Sampler
 from .textstream import IncrementalDecoder, StopMatcher
 
@@ -44,12 +45,10 @@ class LocalBackend:
         return self.harmony
 
     async def start(self) -> None:
-        from ..models import load_model
-
         # The lean path (no transformers import: seconds off the start) wherever the lean runner will run the model.
         lean = self.settings.engine_runner != "transformers" and spaces_module(self.settings) is None
         try:
-            self.loaded = await asyncio.to_thread(load_model, self.settings, self.progress, lean=lean)
+            self.loaded = await asyncio.to_thread(_load, self.settings, self.progress, lean)
         except Exception as e:
             self.progress.phase = "failed"
             self.load_error = type(e).__name__
@@ -207,3 +206,13 @@ class LocalBackend:
 
 def _join(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
     return a[0] + b[0], a[1] + b[1]
+
+
+def _load(settings: Settings, progress: LoadProgress, lean: bool):
+    """load_model on a worker thread, which then drops the OpenMP pool the load started (see openmp.py)."""
+    from ..models import load_model
+
+    try:
+        return load_model(settings, progress, lean=lean)
+    finally:
+        release_pool()
