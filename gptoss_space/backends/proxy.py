@@ -1,4 +1,4 @@
-"""The proxy backend: one shared httpx client, SSE from an OpenAI-compatible upstream, retries with backoff."""
+"""The proxy backend: one shared httpx client (on upstreamhttp's transport), SSE from an OpenAI-compatible upstream, retries with backoff."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from ..errors import UpstreamError, UpstreamRejected
 from . import Delta, GenerationRequest
 from .sseparse import AnswerReader, error_message, parse_retry_after, read_bounded
+from .upstreamhttp import UpstreamTransport
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -85,7 +86,7 @@ class ProxyBackend:
                 write=s.upstream_read_timeout_s,
                 pool=s.upstream_read_timeout_s,  # waiting for a free connection is waiting for the upstream
             ),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
+            transport=UpstreamTransport(max_connections=256, max_keepalive=32),
         )
         self.ready = True
         log.info("Proxy backend ready: upstream %s, model %s", self.host, self.model_id)
