@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from ..errors import UpstreamError, UpstreamRejected
 from . import Delta, GenerationRequest
@@ -174,17 +173,23 @@ class ProxyBackend:
                 await deltas.aclose()
 
     async def _open(self, body: dict) -> tuple[AnswerReader, AsyncIterator[Delta], Delta | None]:
-        attempts = self.settings.upstream_attempts
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts), wait=self._wait, retry=retry_if_exception_type(_Retryable),
-            before_sleep=self._log_retry, reraise=True,
-        )
-        try:
-            return await retrying(self._attempt, body)
-        except _Retryable as exc:
-            what = "attempt" if attempts == 1 else "attempts"
-            message = f"Upstream unavailable after {attempts} {what}: {exc.reason}"
-            raise UpstreamError(message, status=exc.status, retry_after=exc.retry_after) from None
+        """Attempts until one reaches its first Delta, with backoff between them (Retry-After honoured)."""
+        attempts, attempt = self.settings.upstream_attempts, 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(body)
+            except _Retryable as exc:
+                if attempt >= attempts:
+                    what = "attempt" if attempts == 1 else "attempts"
+                    message = f"Upstream unavailable after {attempts} {what}: {exc.reason}"
+                    raise UpstreamError(message, status=exc.status, retry_after=exc.retry_after) from None
+                delay = self._backoff(attempt, exc)
+                log.warning(
+                    "Upstream %s attempt %d/%d failed: %s; retrying in %.2f s",
+                    self.host, attempt, attempts, exc.reason, delay,
+                )
+                await asyncio.sleep(delay)
 
     async def _attempt(self, body: dict) -> tuple[AnswerReader, AsyncIterator[Delta], Delta | None]:
         """One try: send, check the status, and read up to the first Delta (so early failures retry too)."""
@@ -284,18 +289,9 @@ class ProxyBackend:
             text = text.replace(self._key, "***")
         return text.replace(self.url, self.host)
 
-    def _wait(self, state: RetryCallState) -> float:
-        delay = min(self.settings.upstream_backoff_s * 2 ** (state.attempt_number - 1), MAX_BACKOFF_S)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+    def _backoff(self, attempt: int, exc: _Retryable) -> float:
+        """The wait after failed attempt number `attempt`: doubling from upstream_backoff_s, or the upstream's Retry-After."""
+        delay = min(self.settings.upstream_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+        if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)  # the check kept it under MAX_RETRY_AFTER_S
         return delay
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        reason = exc.reason if isinstance(exc, _Retryable) else type(exc).__name__
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "Upstream %s attempt %d/%d failed: %s; retrying in %.2f s",
-            self.host, state.attempt_number, self.settings.upstream_attempts, reason, wait,
-        )
