@@ -17,5 +17,6 @@ app = create_app(settings)
 
 if __name__ == "__main__":
     # proxy_headers=False: X-Forwarded-For is read only by gptoss_space.clientip, through trusted proxies.
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False,
+    # access_log=False: gptoss_space.accesslog writes the line once each answer has ended.
+    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False, access_log=False,
                 timeout_graceful_shutdown=settings.shutdown_grace_s + 5)

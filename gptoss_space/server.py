@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from .accesslog import AccessLog
 from .api import build_router, error_response, error_style
 from .backends import Backend, make_backend
 from .errors import APIError, GenerationFailed, NotFound
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     )
 
     app.add_middleware(StandardHeaders, page=page)
+    app.add_middleware(AccessLog)  # outermost of ours: sees every answer, its last byte included
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -246,3 +247,19 @@ def test_an_empty_answer_still_streams_role_and_finish(scripted_server):
     events = parse_events(post(scripted_server, json=HELLO).text)
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert events[1]["choices"][0]["finish_reason"] == "stop" and events[2] == "[DONE]"
+
+
+def test_each_answer_is_logged_once_it_ended_with_status_bytes_and_duration(caplog):
+    backend = ScriptedBackend()
+    backend.enqueue("a", "b", delay=0.15)
+    app = create_app(make_settings(), backend=backend, with_ui=False)
+    with caplog.at_level("INFO", logger="gptoss_space.access"), LiveServer(app) as server:
+        streamed = post(server, json=HELLO)
+        refused = post(server, path="/v1/chat/completions?key=sk-secret", json={"messages": "nope"})
+        time.sleep(0.2)  # the line follows the last byte
+    lines = [r.getMessage() for r in caplog.records if r.name == "gptoss_space.access"]
+    assert len(lines) == 2, lines
+    m = re.fullmatch(r'127\.0\.0\.1:\d+ - "POST /api HTTP/1\.1" 200, (\d+) bytes in ([\d.]+) s', lines[0])
+    assert m and int(m[1]) == len(streamed.content) and float(m[2]) >= 0.3  # two pieces 0.15 s apart
+    assert re.fullmatch(rf'127\.0\.0\.1:\d+ - "POST /v1/chat/completions HTTP/1\.1" 400, {len(refused.content)} bytes in [\d.]+ s', lines[1])
+    assert "sk-secret" not in caplog.text
