@@ -45,7 +45,6 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self._writable = True
-        self._drained: asyncio.Future | None = None
         self._wake: asyncio.Future | None = None
         self._begin()
 
@@ -93,16 +92,13 @@ class _Connection(asyncio.Protocol):
                     "Upstream closed the connection before the answer ended"
                 )
         self._notify()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
 
     def pause_writing(self) -> None:
         self._writable = False
 
     def resume_writing(self) -> None:
         self._writable = True
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._notify()
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_status(self, status: bytes) -> None:
@@ -145,13 +141,14 @@ class _Connection(asyncio.Protocol):
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    async def _wait(self, timeout: float | None, what: str) -> None:
+    async def _wait(self, timeout: float | None, timed_out) -> None:
+        """Until the next event on the connection (data, its end, room to write); timed_out(timeout) is raised past it."""
         self._wake = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
                 await self._wake
         except TimeoutError:
-            raise httpx.ReadTimeout(f"No data from the upstream for {timeout:g} s while reading {what}") from None
+            raise timed_out(timeout) from None
         finally:
             self._wake = None
 
@@ -159,21 +156,14 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             raise _Stale() if self.reused else httpx.WriteError("Connection closed")
         self.transport.write(data)
-        if not self._writable:
-            self._drained = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._drained
-            except TimeoutError:
-                raise httpx.WriteTimeout(f"Upstream did not take the request within {timeout:g} s") from None
-            finally:
-                self._drained = None
+        while not self._writable and not self.closed:
+            await self._wait(timeout, lambda t: httpx.WriteTimeout(f"Upstream did not take the request within {t:g} s"))
 
     async def read_head(self, timeout: float | None) -> None:
         while not self.head_done:
             if self.error is not None:
                 raise self.error
-            await self._wait(timeout, "the status line")
+            await self._wait(timeout, _NO_HEAD)
 
     async def body(self, timeout: float | None) -> AsyncIterator[bytes]:
         while True:
@@ -188,7 +178,7 @@ class _Connection(asyncio.Protocol):
                 return
             if self.error is not None:
                 raise self.error
-            await self._wait(timeout, "the body")
+            await self._wait(timeout, _NO_BODY)
 
     @property
     def reusable(self) -> bool:
@@ -317,6 +307,13 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             conn.close()
         self._open.clear()
         self._idle.clear()
+
+
+def _silent(what: str):
+    return lambda t: httpx.ReadTimeout(f"No data from the upstream for {t:g} s while reading {what}")
+
+
+_NO_HEAD, _NO_BODY = _silent("the status line"), _silent("the body")
 
 
 async def _encode(request: httpx.Request) -> bytes:
