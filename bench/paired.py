@@ -149,6 +149,11 @@ async def measure(a, url: str, sets: dict, base: BaselineWorker, progress=print)
         "decode": levels[1]["decode_med"],
         "ttft_short": levels[1]["ttft_med"],
         "ttft_long": med([r.ttft for r in longs]),
+        # Each prompt's TTFT beside the raw prefill of the same prompt, measured right before it.
+        "ttft_pairs": {
+            "short": [(r.median_ttft, p) for r, p in zip(singles, b["prefill_short"])],
+            "long": [(r.ttft, p) for r, p in zip(longs, b["prefill_long"])],
+        },
         "tokens": levels[1]["tokens"],
         "levels": levels,
     }

@@ -27,6 +27,7 @@ from .report import Report, ms, tps, x
 
 log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
+LONG_PROMPTS = 5  # 1,000-token prompts (median): each pays a prefill near a second, so more of them are cheap
 PORTS = {"ours": 7901, "cold": 7902, "proxy": 7903, "upstream": 7904, "tserve": 7905, "llama": 7906}
 
 
@@ -76,7 +77,7 @@ async def main(a: argparse.Namespace, report: Report) -> None:
         },
         # One client alone right after each burst of 8: the burst's worst TTFT is judged against it.
         "alone": [prompt_set(tok, settings, 50, 1, first=3 + k, opening=k + 1)[0] for k in range(a.reps)],
-        "long": prompt_set(tok, settings, 1000, a.reps, first=16),
+        "long": prompt_set(tok, settings, 1000, a.reps if a.quick else max(a.reps, LONG_PROMPTS), first=16),
         "warm": prompt_set(tok, settings, 50, 4, first=24),
     }
     eos = sorted({tok.eos_token_id} | ({tok.convert_tokens_to_ids("<|im_end|>")} - {None}))
@@ -175,11 +176,21 @@ def _figures(a, report: Report, base: dict, ours: dict, warm_start: float) -> No
         s = base["bf16_static"]["decode_tps"]
         report.add("1. (beside) bf16 generate, static cache", tps(ours["decode"]), f"{tps(s)} static-cache generate", x(ours["decode"] / s), "", None)
     for label, key, pkey in (("short", "ttft_short", "prefill_short"), ("long", "ttft_long", "prefill_long")):
-        limit = 1.1 * base[pkey] + 0.020
+        # Judged prompt by prompt against the raw prefill of the same prompt right before it (the
+        # host's speed drifts by a quarter within minutes here): the median of the pairs' margins.
+        pairs = ours["ttft_pairs"][label]
+        ratio = statistics.median(t / p for t, p in pairs)
+        over = statistics.median(t - (1.1 * p + 0.020) for t, p in pairs)
         report.add(
-            f"2. TTFT via /api, {label} prompt", ms(ours[key]), f"{ms(base[pkey])} raw bf16 prefill",
-            f"{ours[key] / base[pkey]:.2f}x prefill", f"<= {ms(limit)} (1.1x + 20 ms)", ours[key] <= limit,
+            f"2. TTFT via /api, {label} prompt (median of {len(pairs)} prompts)", ms(ours[key]), f"{ms(base[pkey])} raw bf16 prefill",
+            f"{ratio:.2f}x prefill (median of per-prompt ratios)", "<= 1.1x + 20 ms, prompt by prompt", over <= 0,
         )
+    report.note(
+        "TTFT prompt by prompt, ours / raw prefill of the same prompt right before it: "
+        + "; ".join(
+            f"{label} " + ", ".join(f"{ms(t)} / {ms(p)}" for t, p in ours["ttft_pairs"][label]) for label in ("short", "long")
+        ) + "."
+    )
     if "fp32" in base:
         report.add("2. (beside) generate TTFT bf16 / fp32, short", ms(ours["ttft_short"]), f"{ms(b16['ttft'])} / {ms(base['fp32']['ttft'])}", "", "", None)
     eight, batch8 = ours["levels"][8], base["batch"][8]["aggregate_tps"]
