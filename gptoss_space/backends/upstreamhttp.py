@@ -243,19 +243,14 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     async def _exchange(self, key: tuple, data: bytes, timeouts: dict) -> _Connection:
         """Sends the request and reads the response head, on a pooled connection if one is free."""
-        while True:
-            conn = self._checkout(key)
-            fresh = conn is None
-            if fresh:
-                conn = await self._connect(key, timeouts.get("connect"))
+        while True:  # only a reused connection can be stale: it ends once the idle ones are used up
+            conn = self._checkout(key) or await self._connect(key, timeouts.get("connect"))
             try:
                 await conn.send(data, timeouts.get("write"))
                 await conn.read_head(timeouts.get("read"))
                 return conn
             except _Stale:
-                self._discard(conn)  # the upstream closed it while idle: once more, on a new one
-                if fresh:
-                    raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from None
+                self._discard(conn)  # the upstream closed it while idle: once more, on another
             except BaseException:
                 self._discard(conn)
                 raise
