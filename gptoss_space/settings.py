@@ -117,9 +117,19 @@ class Settings(BaseSettings):
     # Performance.
     engine_runner: Literal["auto", "lean", "transformers"] = Field(
         "auto",
-        description="auto/lean: the lean Llama forward (packed weights, preallocated cache) where it applies, "
-        "loaded without importing transformers when the checkpoint is on disk, else transformers' forward; "
-        "transformers: always transformers' load and forward.",
+        description="auto/lean: the lean Llama forward (packed weights, preallocated cache) where it applies (CPU Llama), "
+        "loaded without importing transformers when the checkpoint is on disk, else transformers' continuous batching; "
+        "transformers: always transformers' load and continuous batching.",
+    )
+    kv_cache_tokens: int = Field(
+        0, ge=0, le=10_000_000,
+        description="Tokens the paged KV cache of transformers' continuous batching holds, all requests together; "
+        "0: max_batch_size x min(context, 4096) on CPU, what free GPU memory allows on CUDA.",
+    )
+    prefill_chunk_tokens: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Most tokens in one forward pass of transformers' continuous batching: a longer prompt is prefilled "
+        "in chunks while the other rows keep decoding; 0: 256 on CPU, transformers' choice on CUDA.",
     )
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine; 0 keeps torch's default (one per core).")
     prefix_cache_entries: int = Field(

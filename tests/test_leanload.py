@@ -332,10 +332,10 @@ def test_a_server_on_the_lean_path_reports_and_answers_like_the_transformers_one
                                                            "stream": False, "max_tokens": 6, "temperature": 0}, timeout=60)
             assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"].strip()
             assert answer.json()["usage"]["completion_tokens"] >= 1
-            reports[runner] = (health, backend.loaded.path, type(backend.engine.runner).__name__)
+            reports[runner] = (health, backend.loaded.path, type(getattr(backend.engine, "runner", backend.engine)).__name__)
     (lean, lean_path, lean_runner), (hf, hf_path, hf_runner) = reports["auto"], reports["transformers"]
     assert (lean_path, lean_runner) == ("lean", "LlamaRunner")
-    assert (hf_path, hf_runner) == ("transformers", "HFRunner")
+    assert (hf_path, hf_runner) == ("transformers", "PagedEngine")  # transformers' continuous batching
     assert lean["status"] == hf["status"] == "ok" and lean["model"] == hf["model"]
     for key in ("device", "dtype", "source", "model_loaded", "context_length", "ready"):
         assert lean["details"][key] == hf["details"][key], key

@@ -81,14 +81,28 @@ class LocalBackend:
             from .zerorun import ZeroGPURunner
 
             self.engine = ZeroGPURunner(model, self.settings, eos_ids=eos, max_context=self.max_context, pad_id=pad)
-        else:
+        elif self._lean_runner(model):
             s = self.settings
             self.engine = Engine(
                 model, eos_ids=eos, max_batch_size=s.max_batch_size, max_context=self.max_context, pad_id=pad,
-                runner=s.engine_runner, threads=s.torch_threads, prefix_cache=s.prefix_cache_entries,
+                runner="lean", threads=s.torch_threads, prefix_cache=s.prefix_cache_entries,
                 burst_wait_ms=s.burst_wait_ms,
             )
+        else:
+            from .pagedengine import PagedEngine
+
+            s = self.settings
+            self.engine = PagedEngine(
+                model, eos_ids=eos, max_batch_size=s.max_batch_size, max_context=self.max_context,
+                threads=s.torch_threads, cache_tokens=s.kv_cache_tokens, chunk_tokens=s.prefill_chunk_tokens,
+            )
         self.engine.start()
+
+    def _lean_runner(self, model) -> bool:
+        """The lean Llama runner where it reproduces the model (CPU Llama): faster there than transformers' forward."""
+        from . import leanllama
+
+        return self.settings.engine_runner != "transformers" and leanllama.supports(model)
 
     async def close(self) -> None:
         if self.engine:
