@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 from .errors import APIError
-from .gate import ClientRateLimited, Gate, GateOverloaded, OpenGate, Ticket, secs
+from .gate import ClientRateLimited, Gate, GateOverloaded, GlobalBound, OpenGate, Ticket, secs
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,6 @@ class FifoGate:
 
 
 def make_gate(settings: Settings, clock: Clock | None = None, sleep: Sleep | None = None) -> Gate:
-    """The gate the settings ask for: FifoGate, or OpenGate when rate limiting is off."""
-    if not settings.rate_limit_enabled:
-        return OpenGate()
-    return FifoGate(settings, clock=clock, sleep=sleep)
+    """The gate the settings ask for: FifoGate, or OpenGate when rate limiting is off, under the global bound."""
+    inner = FifoGate(settings, clock=clock, sleep=sleep) if settings.rate_limit_enabled else OpenGate()
+    return GlobalBound(inner, settings.running_limit(), settings.rate_limit_queue_total)

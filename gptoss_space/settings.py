@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         "auto", description="auto: bf16 on CUDA and on CPUs with bf16 support, else float32."
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="Most sequences decoded together in the local backend.")
+    max_running: int = Field(
+        0, ge=0, le=100_000,
+        description="Most generations running at once, all clients together (API and page); more wait in one FIFO "
+        "(rate_limit_queue_total at most, 503 above); 0: twice max_batch_size.",
+    )
     hf_token: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("HF_TOKEN", "GPTOSS_HF_TOKEN", "hf_token"),
@@ -139,6 +144,9 @@ class Settings(BaseSettings):
         25.0, ge=0, le=1000,
         description="An idle engine waits up to this long while requests keep arriving, to prefill a burst together (0: off).",
     )
+
+    def running_limit(self) -> int:
+        return self.max_running or 2 * self.max_batch_size
 
     def public_model_name(self, loaded_id: str) -> str:
         return self.model_name or loaded_id

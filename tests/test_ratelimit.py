@@ -70,8 +70,7 @@ def ft() -> FakeTime:
 
 @pytest.fixture
 def gate(ft) -> FifoGate:
-    g = make_gate(settings(), clock=ft.clock, sleep=ft.sleep)
-    assert isinstance(g, FifoGate)
+    g = FifoGate(settings(), clock=ft.clock, sleep=ft.sleep)
     return g
 
 
@@ -313,12 +312,12 @@ async def test_many_distinct_clients_memory_stays_flat(ft):
             (await g.acquire(f"2001:db8::{i:x}")).release()
             ft.now += 0.001
             if i % 500 == 0:
-                peak = max(peak, len(g._clients))
+                peak = max(peak, len(g.inner._clients))
         return peak
 
     assert await wave(0, 100_000) <= 1001  # only the last second's clients are remembered
     ft.now += 1.0
-    assert g.stats()["clients_tracked"] == 0 and len(g._idle) == 0
+    assert g.stats()["clients_tracked"] == 0 and len(g.inner._idle) == 0
 
     # Memory, traced over two more waves: the second costs nothing the first did not.
     gc.collect()
@@ -450,8 +449,8 @@ async def test_stats_shape(gate, ft):
 
 
 async def test_open_gate_when_disabled():
-    g = make_gate(settings(rate_limit_enabled=False))
-    assert isinstance(g, OpenGate)
+    g = make_gate(settings(rate_limit_enabled=False, max_running=32))
+    assert isinstance(g.inner, OpenGate)  # no per-client limits; the global bound stays
     await g.start()
     tickets = [await g.acquire("same") for _ in range(20)]  # never waits, never refuses
     assert g.stats()["enabled"] is False and g.stats()["requests_running"] == 20
@@ -551,3 +550,23 @@ async def test_try_acquire_starts_a_free_client_at_once_and_never_jumps_the_queu
     assert ft.now >= 1000.5
     waiting.result().release()
     assert isinstance(gate.try_acquire("9.9.9.9"), Ticket)  # another client is never held behind
+
+
+async def test_the_global_bound_hands_slots_over_in_order_and_refuses_past_its_waiting_list():
+    g = make_gate(settings(rate_limit_enabled=False, max_running=2, rate_limit_queue_total=2))
+    a, b = await g.acquire("a"), await g.acquire("b")
+    waiting = [asyncio.create_task(g.acquire(c)) for c in ("c", "d", "e")]
+    await asyncio.sleep(0)
+    assert g.stats()["generations_running"] == 2 and g.stats()["waiting_for_a_slot"] == 2
+    with pytest.raises(APIError) as refused:
+        await waiting[2]
+    assert refused.value.status == 503 and refused.value.headers()["Retry-After"]
+    waiting[0].cancel()  # a client that leaves while it waits gives up its place at once
+    await asyncio.sleep(0)
+    assert g.stats()["waiting_for_a_slot"] == 1
+    a.release()
+    d = await waiting[1]  # d moved up when c left, and takes a's slot
+    assert d.client == "d" and float(d.headers["X-Queue-Time"]) >= 0
+    assert g.stats()["generations_running"] == 2 and g.stats()["requests_running"] == 2
+    b.release(), d.release(), d.release()
+    assert g.stats()["generations_running"] == 0

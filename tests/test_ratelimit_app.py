@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -203,3 +204,64 @@ def test_idle_client_state_is_evicted(gated):
 
     during, after = asyncio.run(main())
     assert during >= 2 and after == 0
+
+
+async def raw_post(port: int, source_ip: str, body: dict) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 POST /api over a bare connection from source_ip: (status, headers, body)."""
+    data = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source_ip, 0))
+    writer.write(b"POST /api HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                 b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    raw = await reader.read()
+    writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, rest
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_600_identities_never_run_past_the_global_bound_and_the_rest_get_503():
+    """Each client's one request starts at once by the per-client rules; the global bound holds them."""
+    backend = TimedBackend(hold=1.5)
+    app = create_app(make_settings(rate_limit_enabled=True, max_running=16, rate_limit_queue_total=64), backend=backend,
+                     with_ui=False)
+    rss0 = _rss_mb()
+    with LiveServer(app, host="127.0.0.1") as server:
+
+        async def attack():
+            health_times, running = [], []
+
+            async def one(i: int) -> tuple[int, dict, bytes]:
+                # A raw connection from its own loopback address: cheap enough that 600 of them do
+                # not starve the server thread of the GIL (an httpx client each costs ~30 ms to make).
+                return await raw_post(server.port, f"127.0.{1 + i // 250}.{2 + i % 250}", say(f"r{i}"))
+
+            async def watch():
+                async with httpx.AsyncClient(timeout=5) as c:
+                    while True:
+                        t0 = time.monotonic()
+                        health = (await c.get(server.url + "/api")).json()
+                        health_times.append(time.monotonic() - t0)
+                        running.append(health["rate_limit"]["generations_running"])
+                        await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch())
+            answers = await asyncio.gather(*(one(i) for i in range(600)))
+            watcher.cancel()
+            assert len(health_times) > 10, "the health checks never came back"
+            return answers, health_times, running
+
+        answers, health_times, running = asyncio.run(attack())
+    codes = [status for status, _, _ in answers]
+    assert codes.count(200) == 16 + 64  # the running ones, then those that waited for a slot
+    refused = [(headers, body) for status, headers, body in answers if status == 503]
+    assert len(refused) == 600 - 80 and all(headers.get("retry-after") for headers, _ in refused)
+    assert json.loads(refused[0][1])["error"].startswith("Server busy")
+    assert backend.max_running == 16 and max(running) <= 16
+    assert max(health_times) < 1.0, max(health_times)  # other clients are served meanwhile
+    assert _rss_mb() - rss0 < 200
