@@ -133,8 +133,9 @@ class Settings(BaseSettings):
     )
     prefill_chunk_tokens: int = Field(
         0, ge=0, le=1_000_000,
-        description="Most tokens in one forward pass of transformers' continuous batching: a longer prompt is prefilled "
-        "in chunks while the other rows keep decoding; 0: 256 on CPU, transformers' choice on CUDA.",
+        description="A longer prompt is prefilled in chunks of this many tokens while the other rows keep decoding "
+        "(the most tokens in one forward pass); 0: 512 on the lean runner, 256 for transformers' continuous batching "
+        "on CPU, transformers' choice on CUDA.",
     )
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine; 0 keeps torch's default (one per core).")
     prefix_cache_entries: int = Field(

@@ -319,3 +319,50 @@ def test_a_prefix_new_prompts_share_is_computed_once(fp32):
     assert runner.last_fresh == sum(map(len, asks)) - shared - cached
     step = [0, 0]
     torch.testing.assert_close(runner.decode(step), plain.decode(step), atol=2e-4, rtol=1e-4)
+
+
+def long_prompt(loaded, words: int = 260) -> list[int]:
+    text = " ".join(f"item{i} is {['red', 'green', 'blue'][i % 3]};" for i in range(words))
+    messages = [{"role": "user", "content": f"Here is a list: {text} What colour is item7?"}]
+    return loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
+def test_a_long_prompt_prefilled_in_chunks_answers_as_in_one_piece(fp32):
+    ids = long_prompt(fp32)
+    assert len(ids) > 3 * 128
+    whole = engine_for(fp32, "lean")
+    chunked = engine_for(fp32, "lean", chunk_tokens=128, prefix_cache=0)
+    got = {}
+    for name, engine in (("whole", whole), ("chunked", chunked)):
+        engine.start()
+        try:
+            got[name] = run_all(engine, [Run(ids, 12)])[0]
+        finally:
+            engine.stop()
+    assert got["chunked"] == got["whole"] and len(got["whole"]) == 12
+
+
+def test_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks(fp32):
+    """Before: a long prompt prefilled in one pass, and every other stream got no token meanwhile."""
+    events: list[str] = []
+    engine = Engine(fp32.model, eos_ids=set(), max_batch_size=8, max_context=8192, runner="lean", chunk_tokens=64)
+    engine.start()
+    try:
+        short = Run(prompts(fp32)[2], 400)
+        short.seq.on_token = lambda t: events.append("short") or short.tokens.append(t) and False
+        engine.submit(short.seq)
+        while len(short.tokens) < 2:
+            time.sleep(0.005)
+        long = Run(long_prompt(fp32), 4)
+        long.seq.on_token = lambda t: events.append("long") or long.tokens.append(t) and False
+        events.append("long submitted")
+        engine.submit(long.seq)
+        long.wait()
+        short.seq.cancelled.set()
+        engine.wake()
+        short.wait()
+    finally:
+        engine.stop()
+    between = events[events.index("long submitted") : events.index("long")]
+    chunks = len(long.seq.prompt_ids) // 64
+    assert between.count("short") >= chunks - 1, (between.count("short"), chunks)

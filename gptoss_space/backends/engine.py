@@ -43,6 +43,7 @@ class Sequence:
     on_error: Callable[[BaseException], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
+    computed: tuple | None = None  # chunked prefill: (keys, values, tokens computed so far)
 
 
 def make_runner(model, *, max_batch_size: int, max_context: int, pad_id: int, kind: str = "auto", prefix_cache: int = 4):
@@ -70,6 +71,7 @@ class Engine:
         threads: int = 0,
         prefix_cache: int = 4,
         burst_wait_ms: float = 25.0,
+        chunk_tokens: int = 0,
     ):
         if threads > 0:
             torch.set_num_threads(threads)
@@ -80,6 +82,9 @@ class Engine:
             model, max_batch_size=max_batch_size, max_context=max_context, pad_id=pad_id, kind=runner, prefix_cache=prefix_cache
         )
         self.max_batch_size = self.runner.max_rows
+        # A prompt longer than this is prefilled a chunk per step, so the decoding rows keep going.
+        self.chunk_tokens = chunk_tokens if hasattr(self.runner, "extend") else 0
+        self._chunking: list[Sequence] = []
         self.burst_max_s = burst_wait_ms / 1000 if self.max_batch_size > 1 else 0.0
         self._inbox: deque[Sequence] = deque()
         self._cv = threading.Condition()
@@ -123,7 +128,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return len(self._inbox)
+        return len(self._inbox) + len(self._chunking)
 
     def run_inline(self, seq: Sequence):
         """Generate one sequence on the calling thread, yielding after each step.
@@ -150,17 +155,22 @@ class Engine:
             rounds = 0  # prefills in a row without a decode step
             while True:
                 with self._cv:
-                    while not self._stopping and not self._inbox and not self.rows:
+                    while not self._stopping and not self._inbox and not self.rows and not self._chunking:
                         self._cv.wait()
-                    if not self.rows:
+                    if not self.rows and not self._chunking:
                         self._gather_burst()
                     if self._stopping:
                         break
-                    room = self.max_batch_size - len(self.rows)
+                    room = self.max_batch_size - len(self.rows) - len(self._chunking)
                     joining = [self._inbox.popleft() for _ in range(min(room, len(self._inbox)))]
                 joining = [s for s in joining if not self._drop_if_cancelled(s)]
+                if self.chunk_tokens:
+                    self._chunking += [s for s in joining if len(s.prompt_ids) > self.chunk_tokens]
+                    joining = [s for s in joining if len(s.prompt_ids) <= self.chunk_tokens]
                 for group in _groups(joining):
                     self._guarded(self._prefill, group)
+                if self._chunking:
+                    self._guarded(self._prefill_chunk, self._chunking[:1])
                 with self._cv:
                     arrived = bool(self._inbox) and len(self.rows) < self.max_batch_size
                 # A burst of requests arrives over a few ms while the first one prefills: let the
@@ -172,10 +182,11 @@ class Engine:
                 rounds = 0
                 if self.rows:
                     self._guarded(self._decode_step, list(self.rows))
-        for seq in list(self.rows) + list(self._inbox):
+        for seq in list(self.rows) + list(self._inbox) + self._chunking:
             seq.on_error(RuntimeError("server shutting down"))
         self.rows.clear()
         self._inbox.clear()
+        self._chunking.clear()
 
     def _gather_burst(self) -> None:
         """With the cores idle, wait while requests keep arriving (a gap of BURST_GAP_S, BURST_MAX_S at most).
@@ -227,6 +238,26 @@ class Engine:
                 len(seqs), tokens, getattr(self.runner, "last_fresh", tokens), (time.perf_counter() - t0) * 1e3,
                 (t1 - t0) * 1e3, (c1 - c0) * 1e3, len(self.rows),
             )
+
+    def _prefill_chunk(self, seqs: list[Sequence]) -> None:
+        """One chunk of the first long prompt, between two decode steps; the last chunk adds its row."""
+        seq = seqs[0]
+        if self._drop_if_cancelled(seq):
+            self._chunking.remove(seq)
+            return
+        done = seq.computed[2] if seq.computed else 0
+        left = len(seq.prompt_ids) - done
+        if left > self.chunk_tokens:
+            seq.computed = self.runner.extend(seq.prompt_ids, seq.computed, done + self.chunk_tokens)
+            return
+        self._chunking.remove(seq)
+        computed, seq.computed = seq.computed, None
+        t0 = time.perf_counter()
+        logits = self.runner.prefill([seq.prompt_ids], computed={0: computed})
+        log.debug("chunked prefill of %d tokens done (last chunk %.1f ms)", len(seq.prompt_ids), (time.perf_counter() - t0) * 1e3)
+        self.rows.append(seq)
+        self._last.append(0)
+        self._choose([seq], logits, offset=len(self.rows) - 1)
 
     def _decode_step(self, rows: list[Sequence]) -> None:
         logits = self.runner.decode(self._last)

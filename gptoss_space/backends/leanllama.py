@@ -190,8 +190,12 @@ class LlamaRunner:
         h = self._rms(x, layer.ln2)
         return layer.down.add(layer.up.mul(h, layer.gate.swish(h)), x)
 
-    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Adds one row per prompt; returns their next-token logits [n, V]."""
+    def prefill(self, prompts: list[list[int]], computed: dict[int, tuple] | None = None) -> torch.Tensor:
+        """Adds one row per prompt; returns their next-token logits [n, V].
+
+        `computed`: {prompt index: (k, v, n)} for prompts whose first n tokens were computed
+        already (chunked prefill, see `extend`); the others look in the prefix store.
+        """
         self._store_prefixes()
         c = self.cache
         n = len(prompts)
@@ -200,7 +204,8 @@ class LlamaRunner:
         c.layout(max(len(p) for p in prompts))
         end, first = c.end, c.rows
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        found = [self.prefixes.lookup(ids) for ids in prompts]
+        computed = computed or {}
+        found = [computed[i] if i in computed else self.prefixes.lookup(ids) for i, ids in enumerate(prompts)]
         # (Both ways of reusing a prefix's keys and values are off with the prefix cache.)
         shares = shared_prefixes(prompts, [cached for _, _, cached in found]) if self.prefixes.entries > 0 else {}
         # Each row: its cached prefix (copied into its columns), then its new tokens, packed end to
@@ -280,6 +285,37 @@ class LlamaRunner:
         c.add_rows([len(p) for p in prompts])
         self._pending += [(first + i, list(p)) for i, p in enumerate(prompts)]
         return logits
+
+    def extend(self, ids: list[int], kv: tuple | None, upto: int) -> tuple:
+        """Computes the keys and values of ids[done:upto] after the `done` already in `kv`, outside the batch.
+
+        Chunked prefill: a long prompt is computed a chunk per engine step between decode steps,
+        so other rows keep decoding; `kv` is (k, v, done) with k, v [layers, kv heads, len(ids), D],
+        None to start. The last chunk goes through `prefill(..., computed=...)`, which adds the row.
+        """
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        if kv is None:
+            shape = (len(self.layers), KV, len(ids), D)
+            kv = (torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype), 0)
+        k, v, done = kv
+        fresh = upto - done
+        pos = torch.arange(done, upto)
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        x = F.embedding(torch.tensor(ids[done:upto], dtype=torch.long), self.embed)
+        mask = offset_causal(fresh, done, self.dtype) if done else None
+        for li, layer in enumerate(self.layers):
+            h = self._rms(x, layer.ln1)
+            qkv = layer.qkv(h).view(-1, H + 2 * KV, D)
+            qk = qkv[:, : H + KV]
+            qk = qk * cos + torch.roll(qk, D // 2, -1) * sin
+            k[li, :, done:upto] = qk[:, H:].transpose(0, 1)
+            v[li, :, done:upto] = qkv[:, H + KV :].transpose(0, 1)
+            q = qk[:, :H].transpose(0, 1)[None]
+            o = F.scaled_dot_product_attention(q, k[None, li, :, :upto], v[None, li, :, :upto], attn_mask=mask,
+                                               is_causal=mask is None, enable_gqa=True, scale=self.scale)
+            x = layer.o.add(o[0].transpose(0, 1).reshape(fresh, H * D), x)
+            x = self._mlp(layer, x)
+        return k, v, upto
 
     def decode(self, tokens: list[int]) -> torch.Tensor:
         """One token for every row (row order); returns next-token logits [rows, V]."""
