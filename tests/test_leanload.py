@@ -170,9 +170,9 @@ def test_template_literal_tokens_count_as_control_tokens(tmp_path):
 def test_a_rich_template_renders_as_transformers_does(tmp_path):
     from transformers import AutoTokenizer
 
-    from tests.tiny_models import build_tokenizer
+    from tests.tiny_models import build_small_tokenizer
 
-    tok = build_tokenizer()
+    tok = build_small_tokenizer()
     tok.chat_template = RICH_TEMPLATE
     tok.save_pretrained(tmp_path)
     lean, hf = ChatTokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
@@ -228,10 +228,10 @@ def test_rope_tables_equal_transformers(name, dtype):
 def save_tiny_llama(folder: Path, *, tied: bool, rope: str, seed: int = 0, shard: bool = False) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny_models import build_tokenizer
+    from tests.tiny_models import build_small_tokenizer
 
     torch.manual_seed(seed)
-    tok = build_tokenizer()
+    tok = build_small_tokenizer()
     tok.chat_template = "{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endfor %}" \
                         "{% if add_generation_prompt %}<|start|>assistant{% endif %}"
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -127,6 +127,31 @@ def build_tokenizer():
     )
 
 
+_SMALL_CORPUS = [
+    "You are a helpful assistant. Answer briefly.",
+    "Hello! How are you today? What is the capital of France? Paris is the capital.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { } < > | _ ~",
+    "café naïve Ünïcødé Привет мир 思考 你好 🤔 👋 ✅",
+]
+
+
+def build_small_tokenizer():
+    """A byte-level BPE tokenizer trained here (~400 tokens) with the harmony special tokens: for tiny
+    Llama checkpoints, which the lean path serves only with a vocabulary under 100k."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", *(t for t in HARMONY_SPECIAL_IDS if t != "<|endoftext|>")]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(_SMALL_CORPUS * 3, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|return|>", pad_token="<|endoftext|>", unk_token=None)
+
+
 def tiny_config(vocab_size: int, **overrides):
     from transformers import GptOssConfig
 
