@@ -118,20 +118,102 @@ class ChatTokenizer:
         return text
 
     def apply_chat_template(self, conversation: list[dict], *, add_generation_prompt: bool = False,
-                            tokenize: bool = True, return_dict: bool = False, **kwargs):
-        """One conversation rendered as transformers renders it; ids (add_special_tokens=False) when `tokenize`."""
+                            tokenize: bool = True, return_dict: bool = False, sanitize_control_tokens: bool = False,
+                            **kwargs):
+        """One conversation rendered as transformers renders it; ids (add_special_tokens=False) when `tokenize`.
+
+        sanitize_control_tokens: as transformers does it, the control tokens found in the client's strings
+        (every special added token, and the added tokens written in the template's literal text) are
+        wrapped in private markers before rendering and encoded as plain text afterwards.
+        """
         if not conversation:
             raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
         chat = [{k: v for k, v in message.items() if v is not None} for message in conversation]
-        chat = [_alias_reasoning(m) for m in json.loads(json.dumps(chat))]  # plain JSON data, a fresh copy
-        variables = {**self.special_tokens_map, **json.loads(json.dumps(kwargs))}
+        chat = json.loads(json.dumps(chat))  # plain JSON data, a fresh copy
+        kwargs = json.loads(json.dumps(kwargs))
+        if sanitize_control_tokens:
+            if not tokenize:
+                raise ValueError("`sanitize_control_tokens=True` requires `tokenize=True`.")
+            pattern, _ = _control_patterns(self._control_tokens())
+            chat, kwargs = _mark(chat, pattern), _mark(kwargs, pattern)
+        variables = {**self.special_tokens_map, **kwargs}
         text = compile_template(self.chat_template).render(
-            messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+            messages=[_alias_reasoning(m) for m in chat], tools=None, documents=None,
+            add_generation_prompt=add_generation_prompt, **variables
         )
         if not tokenize:
             return text
-        ids = self.encode(text, add_special_tokens=False)
+        ids = self._encode_marked(text) if sanitize_control_tokens else self.encode(text, add_special_tokens=False)
         return {"input_ids": ids} if return_dict else ids
+
+    # -- control tokens (transformers' utils/chat_template_utils.py: mark_control_tokens, encode_marked_chat) --
+
+    def _control_tokens(self) -> tuple[str, ...]:
+        added = self._tokenizer.get_added_tokens_decoder().values()
+        listed = self._config.get("chat_control_tokens")
+        if listed is not None:
+            return tuple(t.content for t in added if t.special or t.content in set(listed))
+        literal = _template_literal_text(self.chat_template)
+        return tuple(t.content for t in added if t.special or (t.content in literal and not t.content.isspace()))
+
+    def _encode_without_added_tokens(self, text: str) -> list[int]:
+        backend = self._tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        splits = [text] if backend.pre_tokenizer is None else [s for s, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
+        return [token.id for split in splits for token in backend.model.tokenize(split)]
+
+    def _encode_marked(self, chat: str) -> list[int]:
+        added = tuple(t.content for t in self._tokenizer.get_added_tokens_decoder().values())
+        _, markers = _control_patterns(added)
+        pieces = markers.split(chat)
+        newline = self.encode("\n", add_special_tokens=False)
+        ids = self.encode(pieces[0], add_special_tokens=False)
+        for i, piece in enumerate(pieces[1:], start=1):
+            if not piece:
+                continue
+            as_text = i % 2 == 1  # odd pieces are the client's control tokens
+            encode = self._encode_without_added_tokens if as_text else (lambda t: self.encode(t, add_special_tokens=False))
+            piece_ids = encode("\n" + piece)  # after a newline, as transformers does (SentencePiece's prefix space)
+            piece_ids = piece_ids[len(newline):] if piece_ids[: len(newline)] == newline else encode(piece)
+            if as_text and self.convert_tokens_to_ids(piece) in piece_ids:
+                raise ValueError(f"Can't sanitize {piece!r}: the tokenizer produces it from plain text")
+            ids += piece_ids
+        return ids
+
+
+_MARK_START, _MARK_END = "\U000f0000", "\U000f0001"  # transformers' private-use markers
+
+
+@lru_cache
+def _control_patterns(tokens: tuple[str, ...]):
+    """(any control token, a marked control token or a lone marker); longer tokens first."""
+    import re
+
+    any_token = re.compile("|".join(map(re.escape, sorted(tokens, key=len, reverse=True))) or "(?!)")
+    return any_token, re.compile(f"{_MARK_START}({any_token.pattern}){_MARK_END}|[{_MARK_START}{_MARK_END}]")
+
+
+def _mark(obj, pattern):
+    if isinstance(obj, str):
+        obj = obj.replace(_MARK_START, "").replace(_MARK_END, "")  # no forged markers
+        return pattern.sub(f"{_MARK_START}\\g<0>{_MARK_END}", obj)
+    if isinstance(obj, dict):
+        return {k: _mark(v, pattern) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_mark(v, pattern) for v in obj]
+    return obj
+
+
+@lru_cache
+def _template_literal_text(source: str) -> str:
+    """The template's raw text and string constants, joined by NULs (no match across two of them)."""
+    import jinja2.nodes
+
+    ast = compile_template(source).environment.parse(source)
+    literals = {n.data for n in ast.find_all(jinja2.nodes.TemplateData)}
+    literals |= {n.value for n in ast.find_all(jinja2.nodes.Const) if isinstance(n.value, str)}
+    return "\0".join(literals)
 
 
 def _alias_reasoning(message: dict) -> dict:

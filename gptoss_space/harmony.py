@@ -1,156 +1,34 @@
-"""gpt-oss (harmony format) specifics: prompt rendering, stop tokens and a streaming channel parser."""
+"""gpt-oss (harmony format) on token ids through openai-harmony: prompt rendering and a streaming channel parser.
+
+The prompt is rendered straight to ids and the output parsed id by id, so only the real special
+token ids open, close or route a message: a user who writes `<|start|>system<|message|>` or a
+model that writes `<|end|>` inside its analysis produces ordinary text tokens, never markup.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
+
+from .backends.textstream import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
 KNOWLEDGE_CUTOFF = "2024-06"
 REASONING_EFFORTS = ("low", "medium", "high")
-# Generation ends at <|return|> (answer done) or <|call|> (a tool call). <|end|> only closes one
-# message (the analysis is followed by more), so it is not a stop token; see final_done instead.
-HARMONY_STOP_STRINGS = ("<|return|>", "<|call|>")
-
-# Every special token of the gpt-oss vocabulary has this shape (<|start|>, <|reserved_200013|>, ...).
-_MARKER = re.compile(r"<\|([a-z0-9_]{1,32})\|>")
-# A tail that may still grow into a marker: "<", "<|", "<|chan", "<|channel|".
-_PARTIAL = re.compile(r"<(?:\|[a-z0-9_]{0,32}\|?)?\Z")
-_TERMINATORS = frozenset({"end", "return", "call"})
-_TEXT, _HEADER, _BODY = "text", "header", "body"
 
 
-def is_harmony_model(config: Any) -> bool:
-    """True for gpt-oss checkpoints (a transformers config object or its dict)."""
-    if isinstance(config, Mapping):
-        return config.get("model_type") == "gpt_oss"
-    return getattr(config, "model_type", None) == "gpt_oss"
+@lru_cache(maxsize=1)
+def harmony_encoding():
+    """The o200k_harmony encoding. Its vocabulary file comes from TIKTOKEN_ENCODINGS_BASE when that is
+    set (offline), else it is downloaded once into harmony's cache (~4 MB; on a Space at first start)."""
+    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
 
-
-def harmony_stop_token_ids(tokenizer: Any) -> list[int]:
-    """Ids of <|return|> and <|call|> in this tokenizer (those it knows)."""
-    ids = []
-    for marker in HARMONY_STOP_STRINGS:
-        tid = tokenizer.convert_tokens_to_ids(marker)
-        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
-            ids.append(tid)
-    return ids
-
-
-class HarmonyStreamParser:
-    """Splits streamed harmony text into (reasoning, content) deltas, never passing markup through.
-
-    Routing: `analysis` -> reasoning; `final` -> content; `commentary` -> content when it is a
-    preamble (harmony shows those to the user), reasoning when it is a tool call (a recipient
-    `to=...` in the header: arguments are not an answer, and this server offers no tools);
-    text outside any message, or in a message without a channel, -> content, so a model that
-    ignores harmony still answers. Header text (role, channel, recipient, `<|constrain|>json`)
-    is never emitted. Any `<|name|>` marker is dropped; an unknown one (`<|endoftext|>`)
-    changes nothing else. A tail that could still become a marker is held back until the
-    next feed() shows whether it is one, or until finish() releases it as text.
-    """
-
-    def __init__(self) -> None:
-        self._buf = ""
-        self._state = _TEXT
-        self._header = ""  # all header text seen since <|start|> / <|channel|>
-        self._channel_text: str | None = None  # text after <|channel|>, up to the next marker
-        self._collecting_channel = False
-        self._route = "content"
-        self.channel: str | None = None  # channel of the message being read
-        self.final_done = False  # a final-channel message was closed: the answer is complete
-
-    def feed(self, text: str) -> tuple[str, str]:
-        """Returns (reasoning_delta, content_delta) for the newly decoded text."""
-        self._buf += text
-        out = {"reasoning": [], "content": []}
-        pos = 0
-        for m in _MARKER.finditer(self._buf):
-            self._text(self._buf[pos : m.start()], out)
-            self._marker(m.group(1))
-            pos = m.end()
-        rest = self._buf[pos:]
-        cut = rest.rfind("<")
-        if cut >= 0 and _PARTIAL.match(rest, cut):
-            self._text(rest[:cut], out)
-            self._buf = rest[cut:]
-        else:
-            self._text(rest, out)
-            self._buf = ""
-        return "".join(out["reasoning"]), "".join(out["content"])
-
-    def finish(self) -> tuple[str, str]:
-        """Releases a held tail (it never became a marker) and resets for the next stream."""
-        out = {"reasoning": [], "content": []}
-        self._text(self._buf, out)
-        self._buf = ""
-        self._state, self._header, self._channel_text, self._collecting_channel = _TEXT, "", None, False
-        return "".join(out["reasoning"]), "".join(out["content"])
-
-    # -- internals ------------------------------------------------------------------------------
-
-    def _text(self, text: str, out: dict[str, list[str]]) -> None:
-        if not text:
-            return
-        if self._state == _HEADER:
-            self._header += text
-            if self._collecting_channel:
-                self._channel_text = (self._channel_text or "") + text
-        elif self._state == _BODY:
-            out[self._route].append(text)
-        else:
-            out["content"].append(text)
-
-    def _marker(self, name: str) -> None:
-        self._collecting_channel = False
-        if name == "start":
-            self._open_header()
-        elif name == "channel":
-            if self._state != _HEADER:
-                self._open_header()  # generation may begin right after the prompt's <|start|>assistant
-            self._channel_text = ""
-            self._collecting_channel = True
-            self._header += " "
-        elif name == "constrain":
-            if self._state == _HEADER:
-                self._header += " "
-        elif name == "message":
-            if self._state == _HEADER:
-                self._open_body()
-            elif self._state == _TEXT:
-                self.channel, self._route, self._state = None, "content", _BODY
-        elif name in _TERMINATORS:
-            if self._state == _BODY and self.channel == "final" and name != "call":
-                self.final_done = True
-            self._state = _TEXT
-        else:
-            log.debug("dropped unknown harmony marker <|%s|>", name)
-
-    def _open_header(self) -> None:
-        self._state, self._header, self._channel_text = _HEADER, "", None
-
-    def _open_body(self) -> None:
-        words = (self._channel_text or "").split()
-        self.channel = words[0] if words else None
-        tool_call = "to=" in self._header
-        if self.channel == "analysis" or (self.channel == "commentary" and tool_call):
-            self._route = "reasoning"
-        else:
-            self._route = "content"
-        self._state = _BODY
-
-
-def parse_harmony(text: str) -> tuple[str, str]:
-    """(reasoning, content) of a whole decoded completion."""
-    parser = HarmonyStreamParser()
-    r1, c1 = parser.feed(text)
-    r2, c2 = parser.finish()
-    return r1 + r2, c1 + c2
+    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
 
 
 # -- prompt rendering ---------------------------------------------------------------------------
@@ -171,61 +49,142 @@ def _field(message: Any, name: str) -> Any:
     return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
 
 
-def escape_markup(text: str) -> str:
-    """Breaks `<|name|>` in client text so the tokenizer cannot read it as a special token.
-
-    Without this a user message could close its own turn and forge a system or developer
-    message. A zero-width space after "<" keeps the text readable and the model unconfused.
-    """
-    return _MARKER.sub(lambda m: "<\u200b|" + m.group(1) + "|>", text)
-
-
-def render_harmony_prompt(
+def build_conversation(
     messages: Iterable[Any],
     *,
     reasoning_effort: str | None = "medium",
     now: datetime | None = None,
     model_identity: str = DEFAULT_MODEL_IDENTITY,
-    escape: bool = True,
-) -> str:
-    """The prompt text gpt-oss's own chat template renders, ending with `<|start|>assistant`.
+):
+    """The harmony Conversation for chat messages: system content, developer instructions, the turns.
 
-    Matches the openai/gpt-oss chat template with add_generation_prompt=True: a system message
-    (identity, knowledge cutoff, `Current date:` from `now`, reasoning effort, channels), then
-    the system/developer instructions as a developer message, then the turns. Earlier assistant
-    turns keep only their final answer: harmony drops past analysis (a `reasoning` field on a
-    message is ignored). Differences, on purpose: `now=None` leaves the date line out (as the
-    harmony library does without a conversation date) instead of reading the clock; every
-    system/developer message is kept (joined by a blank line), not just the first; client text
-    is escaped (see escape_markup) unless escape=False.
+    The system message carries the identity, knowledge cutoff, `Current date:` from `now` (left
+    out when None, as harmony does without a conversation date) and the reasoning effort; every
+    system/developer message becomes the developer instructions (joined by a blank line); earlier
+    assistant turns keep only their final answer (harmony drops past analysis, so a `reasoning`
+    field on a message is ignored).
     """
+    from openai_harmony import Conversation, DeveloperContent, Message, ReasoningEffort, Role, SystemContent
+
     effort = (reasoning_effort or "medium").lower()
     if effort not in REASONING_EFFORTS:
         raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {reasoning_effort!r}")
-    clean = escape_markup if escape else (lambda s: s)
-
-    system = model_identity + "\n" + f"Knowledge cutoff: {KNOWLEDGE_CUTOFF}\n"
+    system = (
+        SystemContent.new()
+        .with_model_identity(model_identity)
+        .with_knowledge_cutoff(KNOWLEDGE_CUTOFF)
+        .with_reasoning_effort(ReasoningEffort(effort.capitalize()))
+    )
     if now is not None:
-        system += f"Current date: {now.strftime('%Y-%m-%d')}\n"
-    system += f"\nReasoning: {effort}\n\n# Valid channels: analysis, commentary, final. Channel must be included for every message."
-    out = [f"<|start|>system<|message|>{system}<|end|>"]
+        system = system.with_conversation_start_date(now.strftime("%Y-%m-%d"))
 
     instructions: list[str] = []
-    turns: list[str] = []
+    turns = []
     for message in messages:
         role = _field(message, "role")
-        text = clean(_content_text(_field(message, "content")))
+        text = _content_text(_field(message, "content"))
         if role in ("system", "developer"):
             instructions.append(text)
         elif role == "user":
-            turns.append(f"<|start|>user<|message|>{text}<|end|>")
+            turns.append(Message.from_role_and_content(Role.USER, text))
         elif role == "assistant":
-            turns.append(f"<|start|>assistant<|channel|>final<|message|>{text}<|end|>")
+            turns.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("final"))
         else:
             raise ValueError(f"unsupported role for a harmony prompt: {role!r}")
+    out = [Message.from_role_and_content(Role.SYSTEM, system)]
     developer = "\n\n".join(t for t in instructions if t)
     if developer:
-        out.append(f"<|start|>developer<|message|># Instructions\n\n{developer}\n\n<|end|>")
-    out.extend(turns)
-    out.append("<|start|>assistant")
-    return "".join(out)
+        out.append(Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(developer)))
+    return Conversation.from_messages(out + turns)
+
+
+def render_harmony_ids(messages: Iterable[Any], **options) -> list[int]:
+    """The prompt ids, ending with `<|start|>assistant` (options: those of build_conversation)."""
+    from openai_harmony import Role
+
+    return harmony_encoding().render_conversation_for_completion(build_conversation(messages, **options), Role.ASSISTANT)
+
+
+def render_harmony_prompt(messages: Iterable[Any], **options) -> str:
+    """The prompt as text, for reading only: encoding this text again would turn client markup into tokens."""
+    return harmony_encoding().decode(render_harmony_ids(messages, **options))
+
+
+# -- output parsing -----------------------------------------------------------------------------
+
+
+class _PlainText:
+    """The encoding as IncrementalDecoder's tokenizer, dropping special tokens."""
+
+    def __init__(self, encoding):
+        self._encoding = encoding
+
+    def backend_decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._encoding.decode([i for i in ids if not self._encoding.is_special_token(i)])
+
+
+class HarmonyParser:
+    """Generated ids -> (reasoning, content) deltas, with harmony's StreamableParser.
+
+    Routing: `analysis` -> reasoning; `final` -> content; `commentary` -> content when it is a
+    preamble (harmony shows those to the user), reasoning when it is a tool call (a recipient:
+    arguments are not an answer, and this server offers no tools); a message without a channel
+    -> content. Header text (role, channel, recipient) is never emitted, nor is a special token
+    met inside a message. A model that breaks the format (the parser raises) is not an error:
+    the held header and everything after it are streamed as content, decoded without special
+    tokens, so the user still gets the text and never markup.
+    """
+
+    def __init__(self, encoding=None):
+        from openai_harmony import Role, StreamableParser, StreamState
+
+        self._encoding = encoding or harmony_encoding()
+        self._parser = StreamableParser(self._encoding, role=Role.ASSISTANT)
+        self._header_state = StreamState.HEADER
+        self._held: list[int] = []  # ids of a header still being read: text if the format breaks
+        self._plain: IncrementalDecoder | None = None
+
+    @property
+    def broken(self) -> bool:
+        """The model left the harmony format: the rest is plain text."""
+        return self._plain is not None
+
+    def push(self, token: int) -> tuple[str, str]:
+        from openai_harmony import HarmonyError
+
+        if self._plain is not None:
+            return "", self._plain.push(token)
+        parser = self._parser
+        try:
+            parser.process(token)
+        except HarmonyError as e:
+            return "", self._give_up([*self._held, token], e)
+        if parser.state is self._header_state:
+            self._held.append(token)
+        else:
+            self._held.clear()
+        delta = parser.last_content_delta
+        if not delta or self._encoding.is_special_token(token):
+            return "", ""
+        channel = parser.current_channel
+        if channel == "analysis" or (channel == "commentary" and parser.current_recipient):
+            return delta, ""
+        return "", delta
+
+    def finish(self) -> tuple[str, str]:
+        """The end of the output: an unfinished header is released as text."""
+        from openai_harmony import HarmonyError
+
+        if self._plain is None:
+            try:
+                self._parser.process_eos()
+                return "", ""
+            except HarmonyError as e:
+                text = self._give_up(self._held, e)
+                return "", text + self._plain.flush()
+        return "", self._plain.flush()
+
+    def _give_up(self, ids: list[int], error: Exception) -> str:
+        log.info("model output left the harmony format (%s); streaming the rest as text", type(error).__name__)
+        self._plain = IncrementalDecoder(_PlainText(self._encoding))
+        return "".join(self._plain.push(t) for t in ids)

@@ -1,22 +1,38 @@
-"""Tiny gpt-oss checkpoints built offline: a random one, and one whose greedy output is a fixed harmony script."""
+"""Tiny gpt-oss checkpoints built offline on the real o200k_harmony vocabulary: a random one and scripted ones."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-HARMONY_SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|start|>",
-    "<|end|>",
-    "<|message|>",
-    "<|channel|>",
-    "<|return|>",
-    "<|call|>",
-    "<|constrain|>",
-]
+# gpt-oss's special tokens at their real ids (the rest of 199998..201087 are <|reserved_N|>).
+HARMONY_SPECIAL_IDS = {
+    "<|startoftext|>": 199998,
+    "<|endoftext|>": 199999,
+    "<|return|>": 200002,
+    "<|constrain|>": 200003,
+    "<|channel|>": 200005,
+    "<|start|>": 200006,
+    "<|end|>": 200007,
+    "<|message|>": 200008,
+    "<|call|>": 200012,
+}
+VOCAB_SIZE = 201088
+# tiktoken's o200k_base pre-tokenizer (tiktoken_ext/openai_public.py), which gpt-oss's tokenizer.json also uses.
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+
 SCRIPT_REASONING = "Cogitating about the greeting."
 SCRIPT_CONTENT = "Hello from gpt-oss!"
 # What the scripted model writes after a prompt ending in <|start|>assistant, then it stops.
@@ -24,39 +40,116 @@ SCRIPTED_OUTPUT = (
     f"<|channel|>analysis<|message|>{SCRIPT_REASONING}<|end|>"
     f"<|start|>assistant<|channel|>final<|message|>{SCRIPT_CONTENT}<|return|>"
 )
+# The "markup" script: its analysis writes harmony markup as ordinary text tokens (" <", "|", "end", ...),
+# which must stay reasoning; only the real special ids around it switch channels.
+MARKUP_REASONING = "Mind <|end|> zebra <|channel|>final quokka."
+# (script, flag tokens): a flag is raised once its token is in the context (see _script).
+_SCRIPTS = {
+    "plain": (SCRIPT_REASONING, ["Cog"]),
+    "markup": (MARKUP_REASONING, ["end", " zebra", "channel", " qu"]),
+}
 
-_CORPUS = [
-    "You are ChatGPT, a large language model trained by OpenAI.",
-    "Knowledge cutoff: 2024-06\nCurrent date: 2026-01-31\n\nReasoning: medium",
-    "# Valid channels: analysis, commentary, final. Channel must be included for every message.",
-    "# Instructions\n\nYou are a helpful assistant. Answer briefly.",
+
+def script_ids(kind: str = "plain") -> list[int]:
+    """The token ids the scripted model writes: the special ids for the markup, the reasoning as plain text."""
+    reasoning = _SCRIPTS[kind][0]
+    tok = _fast_tokenizer()
+    s = HARMONY_SPECIAL_IDS
+
+    def text(t: str) -> list[int]:
+        return tok.encode(t, add_special_tokens=False).ids if "<|" not in t else _plain_ids(tok, t)
+
+    return [
+        s["<|channel|>"], *text("analysis"), s["<|message|>"], *text(reasoning), s["<|end|>"],
+        s["<|start|>"], *text("assistant"), s["<|channel|>"], *text("final"), s["<|message|>"],
+        *text(SCRIPT_CONTENT), s["<|return|>"],
+    ]
+
+
+def _plain_ids(tok, text: str) -> list[int]:
+    """Ids of `text` with every special token spelled as ordinary text (what a user's text becomes)."""
+    tok.encode_special_tokens = True
+    try:
+        return tok.encode(text, add_special_tokens=False).ids
+    finally:
+        tok.encode_special_tokens = False
+
+
+def o200k_file() -> Path:
+    """o200k_base.tiktoken, from TIKTOKEN_ENCODINGS_BASE (tests/conftest.py sets it up offline)."""
+    return Path(os.environ["TIKTOKEN_ENCODINGS_BASE"]) / "o200k_base.tiktoken"
+
+
+_CACHE: dict = {}
+
+
+def _fast_tokenizer():
+    """The o200k_harmony tokenizer as a `tokenizers.Tokenizer` (built in ~5 s once, then read from a cache file)."""
+    from tokenizers import Tokenizer
+
+    if "tok" in _CACHE:
+        return _CACHE["tok"]
+    import tokenizers
+
+    cache = o200k_file().parent / f"o200k_harmony-tokenizers-{tokenizers.__version__}.json"
+    if not cache.is_file():
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        class Converter(TikTokenConverter):
+            @staticmethod
+            def load_tiktoken_bpe(path):  # tiktoken itself is not installed: the format is "base64 rank" lines
+                ranks = {}
+                for line in Path(path).read_bytes().splitlines():
+                    if line:
+                        token, rank = line.split()
+                        ranks[base64.b64decode(token)] = int(rank)
+                return ranks
+
+        names = {i: t for t, i in HARMONY_SPECIAL_IDS.items()}
+        special = [names.get(i, f"<|reserved_{i}|>") for i in range(199998, VOCAB_SIZE)]
+        built = Converter(vocab_file=str(o200k_file()), pattern=O200K_PATTERN, extra_special_tokens=special).converted()
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        built.save(str(tmp))
+        tmp.replace(cache)
+    tok = Tokenizer.from_file(str(cache))
+    for text, tid in HARMONY_SPECIAL_IDS.items():
+        assert tok.token_to_id(text) == tid, (text, tok.token_to_id(text))
+    _CACHE["tok"] = tok
+    return tok
+
+
+def build_tokenizer():
+    """gpt-oss's tokenizer: o200k_base plus the harmony special tokens at their real ids."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_fast_tokenizer(), bos_token="<|startoftext|>", eos_token="<|return|>", pad_token="<|endoftext|>"
+    )
+
+
+_SMALL_CORPUS = [
+    "You are a helpful assistant. Answer briefly.",
     "Hello! How are you today? What is the capital of France? Paris is the capital.",
     "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { } < > | _ ~",
     "café naïve Ünïcødé Привет мир 思考 你好 🤔 👋 ✅",
 ]
-# Whole words in the vocabulary, so the script is a short chain of distinct tokens.
-_WORDS = ["system", "developer", "user", "assistant", "analysis", "commentary", "final", "json"]
 
 
-def build_tokenizer():
-    """A byte-level BPE tokenizer trained here (~400 tokens) with the harmony special tokens."""
+def build_small_tokenizer():
+    """A byte-level BPE tokenizer trained here (~400 tokens) with the harmony special tokens: for tiny
+    Llama checkpoints, which the lean path serves only with a vocabulary under 100k."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", *(t for t in HARMONY_SPECIAL_IDS if t != "<|endoftext|>")]
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=HARMONY_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    script_lines = [SCRIPT_REASONING, SCRIPT_CONTENT] * 30 + _WORDS * 30
-    tok.train_from_iterator(_CORPUS * 3 + script_lines, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|return|>", pad_token="<|endoftext|>", unk_token=None
-    )
+    tok.train_from_iterator(_SMALL_CORPUS * 3, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|return|>", pad_token="<|endoftext|>", unk_token=None)
 
 
 def tiny_config(vocab_size: int, **overrides):
@@ -79,12 +172,13 @@ def tiny_config(vocab_size: int, **overrides):
     return GptOssConfig(**kwargs)
 
 
-def build_tiny_gpt_oss(directory: str | Path, *, scripted: bool = False, seed: int = 0) -> Path:
+def build_tiny_gpt_oss(directory: str | Path, *, scripted: bool | str = False, seed: int = 0) -> Path:
     """Saves a tiny gpt-oss model + tokenizer into `directory` (from_pretrained loads it); returns it.
 
-    scripted=False: random weights (garbage text, any markup). scripted=True: weights crafted so
-    that greedy decoding after any harmony prompt (ending `<|start|>assistant`) writes exactly
-    SCRIPTED_OUTPUT and stops at `<|return|>`, whatever the sampling settings in practice.
+    scripted=False: random weights (garbage text, any markup). scripted=True (or "plain"): weights
+    crafted so that greedy decoding after any harmony prompt (ending `<|start|>assistant`) writes
+    exactly SCRIPTED_OUTPUT (the ids script_ids("plain")) and stops at `<|return|>`, whatever the
+    sampling settings in practice. scripted="markup": the same with MARKUP_REASONING as analysis.
     """
     import torch
     from transformers import GenerationConfig, GptOssForCausalLM
@@ -92,15 +186,18 @@ def build_tiny_gpt_oss(directory: str | Path, *, scripted: bool = False, seed: i
     directory = Path(directory)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in HARMONY_SPECIAL_TOKENS}
+    ids = HARMONY_SPECIAL_IDS
     config = tiny_config(
-        len(tokenizer),
+        VOCAB_SIZE,
         pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|return|>"], ids["<|call|>"], ids["<|endoftext|>"]],
     )
     model = GptOssForCausalLM(config).eval()
     if scripted:
-        _script(model, tokenizer)
+        kind = "plain" if scripted is True else scripted
+        flags = [_fast_tokenizer().encode(t, add_special_tokens=False).ids for t in _SCRIPTS[kind][1]]
+        assert all(len(f) == 1 for f in flags), flags
+        _script(model, script_ids(kind), [f[0] for f in flags])
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False
     )
@@ -109,38 +206,34 @@ def build_tiny_gpt_oss(directory: str | Path, *, scripted: bool = False, seed: i
     return directory
 
 
-def _script(model, tokenizer) -> None:
-    """Crafts the weights so the next token depends on the current token and one flag.
+def _script(model, script: list[int], flag_tokens: list[int]) -> None:
+    """Crafts the weights so the next token depends on the current token and which flags are up.
 
-    Every layer is silenced (zero attention and expert outputs) except one attention head that
-    raises a flag dimension once the first reasoning token is in the context: its query is a
-    constant, its key is non-zero only for that token, both in the lowest RoPE frequency pair so
-    the match ignores positions; the sink soaks up the attention when the token is absent. The
-    token embeddings are one-hot, and lm_head maps (token, flag) to the next script token: the
-    two tokens whose successor differs between the analysis and the final message
-    (<|channel|> and <|message|>) read the flag.
+    Every layer is silenced (zero attention and expert outputs) except one attention head per
+    flag (two per layer, one per kv head) that raises the flag's dimension once its token is in
+    the context: its query is a constant, its key is non-zero only for that token, both in the
+    lowest RoPE frequency pair so the match ignores positions; the sink soaks up the attention
+    when the token is absent. The token embeddings are one-hot; lm_head is then fitted on the
+    model's own final hidden states so that each (token, flags) reads as its successor with a
+    wide margin (sampling at temperature 1.5 still follows the script).
     """
     import torch
 
-    prompt_end = tokenizer("<|start|>assistant", add_special_tokens=False)["input_ids"]
-    script = tokenizer(SCRIPTED_OUTPUT, add_special_tokens=False)["input_ids"]
-    chain = [prompt_end[-1], *script]
-    message_id = tokenizer.convert_tokens_to_ids("<|message|>")
-    flag_token = script[script.index(message_id) + 1]
-
-    transitions: dict[tuple[int, bool], int] = {}
-    flag = False
+    chain = [_fast_tokenizer().token_to_id("assistant"), *script]  # the prompt ends "<|start|>assistant"
+    transitions: dict[tuple[int, frozenset], int] = {}
+    up: set[int] = set()
     for cur, nxt in zip(chain, chain[1:]):
-        flag = flag or cur == flag_token
-        if transitions.setdefault((cur, flag), nxt) != nxt:
-            raise ValueError("the script needs more context than (token, flag)")
-    flagged_targets = {nxt for (_, flagged), nxt in transitions.items() if flagged}
-    tokens = sorted({t for t, _ in transitions})
-    hidden = model.config.hidden_size
-    flag_dim = hidden - 1
-    if len(tokens) >= flag_dim:
-        raise ValueError("script too long for the hidden size")
+        if cur in flag_tokens:
+            up.add(cur)
+        if transitions.setdefault((cur, frozenset(up)), nxt) != nxt:
+            raise ValueError(f"token {cur} needs more context than its flags")
+    tokens = sorted(set(chain))
+    cfg = model.config
+    hidden, hd = cfg.hidden_size, cfg.head_dim
+    if len(tokens) + len(flag_tokens) > hidden or len(flag_tokens) > 2 * cfg.num_hidden_layers:
+        raise ValueError("script too long for the hidden size, or too many flags")
     slot = {t: i for i, t in enumerate(tokens)}
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
 
     with torch.no_grad():
         for p in model.parameters():
@@ -151,27 +244,34 @@ def _script(model, tokenizer) -> None:
         emb = model.model.embed_tokens.weight
         for t, i in slot.items():
             emb[t, i] = 1.0
-
-        # The flag head: layer 1 (full attention), query head 0 over kv head 0.
-        attn = model.model.layers[1].self_attn
-        hd = attn.head_dim
         low = hd // 2 - 1  # lowest RoPE frequency: the rotation is ~0 at any practical distance
-        attn.q_proj.bias[low] = 10.0
-        attn.k_proj.weight[low, slot[flag_token]] = 10.0
-        attn.v_proj.weight[0, slot[flag_token]] = 1.0 / 8.0  # the normed one-hot is 8 (sqrt(64))
-        attn.o_proj.weight[flag_dim, 0] = 1.0
+        for k, flag in enumerate(flag_tokens):
+            attn = model.model.layers[k // 2].self_attn
+            kv, q = k % 2, (k % 2) * group  # kv head and its first query head
+            attn.q_proj.bias[q * hd + low] = 10.0
+            attn.k_proj.weight[kv * hd + low, slot[flag]] = 10.0
+            attn.v_proj.weight[kv * hd, slot[flag]] = 1.0 / 8.0  # the normed one-hot is 8 (sqrt(64))
+            attn.o_proj.weight[hidden - 1 - k, q * hd] = 1.0
 
-        head = model.lm_head.weight
-        strength = 10.0
-        for (cur, flagged), nxt in transitions.items():
-            other = transitions.get((cur, not flagged))
-            if other is None or other == nxt:
-                head[nxt, slot[cur]] = strength
-            elif not flagged:
-                if nxt in flagged_targets:
-                    raise ValueError("a token needed after the flag would be silenced by it")
-                head[nxt, slot[cur]] = strength  # before the flag: the stronger reading
-                head[nxt, flag_dim] = -strength  # ... and silenced once the flag is up
-            else:
-                head[nxt, slot[cur]] = strength / 2
-    log.debug("scripted %d transitions over %d tokens", len(transitions), len(tokens))
+        # lm_head: fit the successors' rows on the real hidden states (every other row stays 0).
+        states = model.model(input_ids=torch.tensor([chain[:-1]])).last_hidden_state[0].float()
+        targets = sorted(set(chain[1:]))
+        row = {t: i for i, t in enumerate(targets)}
+        labels = torch.tensor([row[t] for t in chain[1:]])
+    weight = torch.zeros(len(targets), hidden, requires_grad=True)
+    opt = torch.optim.Adam([weight], lr=0.1)
+    for _ in range(400):
+        logits = torch.cat([states @ weight.T, torch.zeros(len(states), 1)], dim=1)  # last column: any other token
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = torch.cat([states @ weight.T, torch.zeros(len(states), 1)], dim=1)
+        best = logits.gather(1, labels[:, None])[:, 0]
+        others = logits.scatter(1, labels[:, None], float("-inf")).max(dim=1).values
+        margin = float((best - others).min())
+        if margin <= 0:
+            raise ValueError("the script is not separable with these flags")
+        model.lm_head.weight[targets] = weight * (60.0 / margin)
+    log.debug("scripted %d transitions over %d tokens, %d flags", len(transitions), len(tokens), len(flag_tokens))

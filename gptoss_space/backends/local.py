@@ -13,7 +13,7 @@ from ..settings import Settings
 from . import Delta, GenerationRequest
 from .openmp import release_pool
 from .sampling import Sampler
-from .textstream import IncrementalDecoder, StopMatcher
+from .tokendeltas import TokenDeltas
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,9 @@ class LocalBackend:
             elif source:
                 eos.update(source)
         if self.harmony:
-            for marker in ("<|return|>", "<|call|>"):
-                tid = tok.convert_tokens_to_ids(marker)
-                if isinstance(tid, int) and tid != tok.unk_token_id:
-                    eos.add(tid)
+            from ..harmony import harmony_encoding
+
+            eos.update(harmony_encoding().stop_tokens_for_assistant_actions())  # <|return|>, <|call|>
         self.eos_ids = eos
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
         pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos), 0)
@@ -134,18 +133,26 @@ class LocalBackend:
     # -- prompt ---------------------------------------------------------------------------------
 
     def _render(self, req: GenerationRequest) -> str:
-        tok = self.loaded.tokenizer
+        """The prompt as text, for reading (logs, tests); what the model gets is encode()'s ids."""
         if self.harmony:
             from ..harmony import render_harmony_prompt
 
-            return render_harmony_prompt(
-                req.messages, reasoning_effort=req.reasoning_effort or "medium", now=req.now if req.inject_datetime else None
-            )
-        return tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+            return render_harmony_prompt(req.messages, **self._harmony_options(req))
+        return self.loaded.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, req: GenerationRequest) -> list[int]:
-        text = self._render(req)
-        return self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Prompt ids in which client text is always text: a user's `<|im_start|>system` is never a control token."""
+        if self.harmony:
+            from ..harmony import render_harmony_ids
+
+            return render_harmony_ids(req.messages, **self._harmony_options(req))
+        return self.loaded.tokenizer.apply_chat_template(
+            req.messages, tokenize=True, add_generation_prompt=True, sanitize_control_tokens=True, return_dict=False
+        )
+
+    @staticmethod
+    def _harmony_options(req: GenerationRequest) -> dict:
+        return {"reasoning_effort": req.reasoning_effort or "medium", "now": req.now if req.inject_datetime else None}
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -170,29 +177,19 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
-        decoder = IncrementalDecoder(self.loaded.tokenizer, skip_special_tokens=not self.harmony)
-        stops = StopMatcher(req.stop)
-        parser = None
-        if self.harmony:
-            from ..harmony import HarmonyStreamParser
-
-            parser = HarmonyStreamParser()
-
-        def emit(text: str, final: bool = False) -> None:
-            reasoning = ""
-            if parser is not None:
-                reasoning, text = parser.feed(text) if not final else _join(parser.feed(text), parser.finish())
-            content = stops.feed(text) + (stops.flush() if final else "")
-            if content or reasoning:
-                put(Delta(content=content, reasoning=reasoning))
+        deltas = TokenDeltas(self.loaded.tokenizer, req.stop, harmony=self.harmony)
 
         def on_token(token: int) -> bool:
-            emit(decoder.push(token))
-            return stops.stopped
+            delta = deltas.push(token)
+            if delta is not None:
+                put(delta)
+            return deltas.stopped
 
         def on_finish(reason: str, n: int) -> None:
             if reason != "cancelled":
-                emit(decoder.flush(), final=True)
+                delta = deltas.finish()
+                if delta is not None:
+                    put(delta)
             put(_Done(reason, n))
 
         seq = Sequence(
@@ -220,10 +217,6 @@ class LocalBackend:
             # A client that went away (or any early close) stops its row at the next step.
             seq.cancelled.set()
             self.engine.wake()
-
-
-def _join(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
-    return a[0] + b[0], a[1] + b[1]
 
 
 def _load(settings: Settings, progress: LoadProgress, lean: bool):
