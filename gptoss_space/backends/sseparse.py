@@ -11,15 +11,14 @@ import time
 from typing import Any, AsyncIterator
 
 import httpx
-from httpx_sse import EventSource
 
 from ..errors import UpstreamError
 from . import Delta
+from .redact import clip
+from .upstreambody import MAX_ANSWER_BYTES, decoded, events as sse_events
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BYTES = 16 * 1024 * 1024  # a whole non-streamed completion
-MAX_MESSAGE_CHARS = 500  # of an upstream's error message passed to our client
 REST_S = 0.25  # to read what follows [DONE] (the end of the body) so the connection is kept
 
 
@@ -28,7 +27,10 @@ def _text(value: Any) -> str:
 
 
 def error_message(body: str | bytes) -> str:
-    """The message of an error body: {"error": "..."}, {"error": {"message": ...}}, {"detail": ...} or text."""
+    """The message of an error body: {"error": "..."}, {"error": {"message": ...}}, {"detail": ...} or text.
+
+    Whole: the caller scrubs it of secrets, then cuts it (redact.Scrubber.shown), never the reverse.
+    """
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     message: Any = body.strip()
@@ -47,8 +49,6 @@ def error_message(body: str | bytes) -> str:
     message = " ".join(str(message).split())
     if message.startswith("<"):
         return ""  # an HTML error page says nothing useful in one line: the caller uses the reason phrase
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return message
 
 
@@ -71,16 +71,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-async def read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """Read at most `limit` bytes of a streamed body (an error page can be huge)."""
-    buf = bytearray()
-    async for piece in response.aiter_bytes():
-        buf += piece
-        if len(buf) >= limit:
-            break
-    return bytes(buf[:limit])
-
-
 class AnswerReader:
     """Reads one upstream answer; tracks finish_reason and token usage for the final Delta.
 
@@ -89,9 +79,9 @@ class AnswerReader:
     4 characters for a plain JSON completion.
     """
 
-    def __init__(self, response: httpx.Response, scrub=lambda s: s):
+    def __init__(self, response: httpx.Response, scrub=clip):
         self.response = response
-        self.scrub = scrub  # removes our secrets from text the upstream sends back
+        self.scrub = scrub  # removes our secrets from text the upstream sends back, then cuts it
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -114,10 +104,8 @@ class AnswerReader:
             return
         if ctype == "text/html":
             raise UpstreamError("Upstream answered with an HTML page, not a chat completion", status=502)
-        if ctype != "text/event-stream":
-            # Hand-written servers often stream SSE as text/plain or with no type at all.
-            self.response.headers["content-type"] = "text/event-stream"
-        events = EventSource(self.response).aiter_sse()
+        # Anything else is read as SSE: hand-written servers often stream it as text/plain or untyped.
+        events = sse_events(self.response)
         try:
             async for sse in events:
                 data = sse.data.strip()
@@ -174,9 +162,9 @@ class AnswerReader:
         return Delta(content=content, reasoning=reasoning)
 
     async def _from_completion(self) -> Delta | None:
-        raw = await read_bounded(self.response, MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise UpstreamError("Upstream answer is too large", status=502)
+        raw = bytearray()
+        async for piece in decoded(self.response, MAX_ANSWER_BYTES, "the completion"):
+            raw += piece
         try:
             data = json.loads(raw)
         except ValueError:
@@ -213,8 +201,8 @@ async def _read_rest(events: AsyncIterator) -> None:
         async with asyncio.timeout(REST_S):
             async for _ in events:
                 pass
-    except (TimeoutError, httpx.HTTPError):
-        pass
+    except (TimeoutError, httpx.HTTPError, UpstreamError):
+        pass  # whatever follows the end of the answer (too much of it included) changes nothing
 
 
 def _int(value: Any) -> int | None:
