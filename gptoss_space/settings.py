@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         description="The Hugging Face Space this runs in (SPACE_ID, set by Hugging Face); decides the trusted proxies' default.",
     )
 
+    # The page's Gradio queue (its chat then goes through the same gate as /api).
+    page_concurrency: int = Field(
+        64, ge=1, le=10_000, description="Most page chat calls Gradio runs at once; more wait in its queue."
+    )
+    page_queue_size: int = Field(
+        256, ge=1, le=100_000, description="Most page calls waiting in Gradio's queue (503 'queue full' above)."
+    )
+
     # Logging.
     log_level: str = Field("INFO", description="Python logging level.")
     log_content: bool = Field(False, description="Log prompts and answers (off: only sizes and timings).")
@@ -118,6 +126,16 @@ class Settings(BaseSettings):
     # Reliability.
     body_read_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Most seconds to receive a whole request body (408 for a client that trickles it)."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Most seconds from a connection's first byte to the end of its request head (closed past it)."
+    )
+    keep_alive_timeout_s: int = Field(5, ge=1, le=3600, description="An idle kept-alive connection is closed after this long.")
+    max_header_bytes: int = Field(
+        32_768, ge=4096, le=1_048_576, description="Largest request head (request line and headers) read; the connection is refused above."
+    )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="Most connections and requests served at once; more are answered 503 at once."
     )
     shutdown_grace_s: float = Field(
         5.0, ge=0, le=600, description="On SIGTERM, seconds running requests get to finish before they end with an error."
