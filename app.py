@@ -11,12 +11,13 @@ settings = Settings()
 spaces_module(settings)  # on ZeroGPU, `spaces` must be imported before torch touches CUDA
 
 from gptoss_space.server import create_app  # noqa: E402
+from gptoss_space.serving import uvicorn_options  # noqa: E402
 
 logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 app = create_app(settings)
 
 if __name__ == "__main__":
-    # proxy_headers=False: X-Forwarded-For is read only by gptoss_space.clientip, through trusted proxies.
     # access_log=False: gptoss_space.accesslog writes the line once each answer has ended.
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False, access_log=False,
-                timeout_graceful_shutdown=settings.shutdown_grace_s + 5)
+    # uvicorn_options: h11 with bounded heads, keep-alive and connections (gptoss_space/serving.py).
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s + 5, **uvicorn_options(settings))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 
 from .clientip import TrustedProxies, client_of
-from .errors import APIError, ErrorStyle, NotFound
+from .errors import APIError, ErrorStyle, MethodNotAllowed, NotFound
 from .httpio import ClientGone, ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
 from .responses import collect, sse_events
 from .schemas import now_unix, parse_body, request_body_doc, validate_request
@@ -119,7 +120,26 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
             raise NotFound(f"The model '{model_id}' does not exist", param="model")
         return model_card()
 
+    # Last: any other path or method under /api and /v1 gets our shape and status (404, or 405 with Allow),
+    # not the page's: Gradio, mounted at /, would otherwise answer every one of them {"detail":"Not Found"}.
+    @router.api_route("/api", methods=ANY_METHOD, include_in_schema=False)
+    @router.api_route("/api/{rest:path}", methods=ANY_METHOD, include_in_schema=False)
+    @router.api_route("/v1", methods=ANY_METHOD, include_in_schema=False)
+    @router.api_route("/v1/{rest:path}", methods=ANY_METHOD, include_in_schema=False)
+    async def unknown(request: Request) -> Response:
+        path = request.url.path
+        allow: set[str] = set()
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.endpoint is not unknown and route.path_regex.match(path):
+                allow |= route.methods or set()
+        if allow:
+            raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}", allow=sorted(allow))
+        raise NotFound(f"No route for {request.method} {path}")
+
     return router
+
+
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def error_style(path: str) -> ErrorStyle:

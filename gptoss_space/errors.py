@@ -46,10 +46,29 @@ class PayloadTooLarge(APIError):
     code = "request_too_large"
 
 
+class Forbidden(APIError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class NotFound(APIError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class MethodNotAllowed(APIError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: list[str], **kw):
+        super().__init__(message, **kw)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Allow": ", ".join(self.allow)}
 
 
 class RateLimited(APIError):

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidRequest, PayloadTooLarge
 
@@ -30,6 +30,13 @@ class ChatMessage(BaseModel):
     # Reasoning of an earlier assistant turn; dropped from gpt-oss prompts as harmony requires.
     reasoning: str | None = None
     reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        # OpenAI lets only an assistant message with tool_calls omit content; this server has no tools.
+        if self.content is None:
+            raise ValueError(f"a {self.role} message needs 'content'")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -182,6 +189,9 @@ def parse_body(raw: bytes, *, max_bytes: int) -> Any:
         raise InvalidRequest("Invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"Invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError:
+        # Python refuses to convert an integer literal of more than 4,300 digits (CVE-2020-10735).
+        raise InvalidRequest("Invalid JSON: a number has too many digits") from None
     # "\ud800" is valid JSON but no Unicode text: it would fail later, in the tokenizer or the answer.
     if _SURROGATE_ESCAPE.search(text):
         try:

@@ -13,7 +13,9 @@ from fastapi.responses import JSONResponse
 from .accesslog import AccessLog
 from .api import build_router, error_response, error_style
 from .backends import Backend, make_backend
-from .errors import APIError, GenerationFailed, NotFound
+from .clientip import TrustedProxies
+from .entry import EntryGuard
+from .errors import APIError, GenerationFailed, MethodNotAllowed, NotFound
 from .headers import StandardHeaders
 from .httpio import Shutdown
 from .pagemount import PageMount
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     app.state.shutdown = shutdown
     page = PageMount(app, service, settings) if with_ui else None
     app.state.page = page
+    # Innermost of ours: its 413/408/403 answers still get CORS and the standard headers.
+    app.add_middleware(EntryGuard, settings=settings, trusted=TrustedProxies.from_settings(settings))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -105,9 +109,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
 
     @app.exception_handler(405)
     async def on_bad_method(request: Request, exc) -> JSONResponse:
-        err = APIError(f"Method {request.method} is not allowed on {request.url.path}")
-        err.status, err.type = 405, "invalid_request_error"
-        return JSONResponse(err.body(error_style(request.url.path)), status_code=405)
+        allow = [m.strip() for m in (getattr(exc, "headers", None) or {}).get("Allow", "").split(",") if m.strip()]
+        return error_response(request, MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}", allow=allow))
 
     app.include_router(build_router(service, shutdown))
     return app

@@ -52,11 +52,19 @@ class ChatService:
         return PromptOptions(s.system_prompt, s.inject_system_prompt, s.inject_datetime)
 
     def build(self, chat: ChatRequest, options: PromptOptions | None = None) -> GenerationRequest:
-        """Bounds that do not need the model, checked before the request queues (so 400s cost nothing)."""
+        """The bounds of every entry (API and page alike), checked before the request queues (so 400s cost nothing).
+
+        `options` are the caller's prompt options (the page's system prompt); None: the server's own.
+        """
         s = self.settings
         if len(chat.messages) > s.max_messages:
             raise InvalidRequest(f"Invalid 'messages': at most {s.max_messages} messages are allowed", param="messages")
-        chars = sum(len(m.text()) for m in chat.messages)
+        # Every text the caller sent counts, whichever entry it came through: the page's system prompt too
+        # (5 MB of it through /gradio_api/call/chat stalled the server 4.7 s before this counted it).
+        chars = sum(len(m.text()) + len(m.reasoning or "") + len(m.reasoning_content or "") for m in chat.messages)
+        chars += sum(len(stop) for stop in chat.stop_list)
+        if options is not None:
+            chars += len(options.system_prompt)
         if chars > s.max_total_chars:
             raise InvalidRequest(
                 f"Invalid 'messages': {chars} characters of content; the limit is {s.max_total_chars}", param="messages"

@@ -8,15 +8,12 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Loopback plus the private ranges a Space's (or any reverse) proxy sits in.
-DEFAULT_TRUSTED_PROXIES = [
-    "127.0.0.0/8",
-    "::1/128",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "fc00::/7",
-]
+# Whose X-Forwarded-For is believed when GPTOSS_TRUSTED_PROXIES is unset. Off a Space: nobody (a peer on
+# loopback or a private range may be any local process or neighbour, and would choose its identity).
+# On a Space the app is reached only through Hugging Face's front proxy, which connects from the
+# cluster's 10.0.0.0/8 network (request.client.host reads e.g. 10.16.3.80) and appends the visitor's
+# address to X-Forwarded-For; see the README, "Client IP".
+SPACE_TRUSTED_PROXIES = ["10.0.0.0/8"]
 
 
 class Settings(BaseSettings):
@@ -92,9 +89,29 @@ class Settings(BaseSettings):
     rate_limit_queue_per_client: int = Field(8, ge=0, le=1000, description="Most waiting requests per client (429 above).")
     rate_limit_queue_total: int = Field(512, ge=1, le=100_000, description="Most waiting requests in all (503 above).")
     rate_limit_idle_evict_s: float = Field(60.0, gt=0, le=86_400, description="Forget a client idle this long.")
-    trusted_proxies: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TRUSTED_PROXIES),
-        description="Addresses/CIDRs whose X-Forwarded-For is believed (JSON list).",
+    trusted_proxies: list[str] | None = Field(
+        None,
+        description="Addresses/CIDRs whose X-Forwarded-For (and X-Forwarded-Host/Proto) is believed (JSON list); "
+        f"unset: nobody, or {', '.join(SPACE_TRUSTED_PROXIES)} on a Hugging Face Space (SPACE_ID set).",
+    )
+    forwarded_max_hops: int = Field(
+        8, ge=1, le=64, description="Most X-Forwarded-For entries read, from the right (a longer chain is cut)."
+    )
+    client_ipv6_prefix: int = Field(
+        64, ge=8, le=128, description="IPv6 clients are counted per network of this prefix (a host usually holds a whole /64)."
+    )
+    space_id: str = Field(
+        "",
+        validation_alias=AliasChoices("SPACE_ID", "GPTOSS_SPACE_ID", "space_id"),
+        description="The Hugging Face Space this runs in (SPACE_ID, set by Hugging Face); decides the trusted proxies' default.",
+    )
+
+    # The page's Gradio queue (its chat then goes through the same gate as /api).
+    page_concurrency: int = Field(
+        64, ge=1, le=10_000, description="Most page chat calls Gradio runs at once; more wait in its queue."
+    )
+    page_queue_size: int = Field(
+        256, ge=1, le=100_000, description="Most page calls waiting in Gradio's queue (503 'queue full' above)."
     )
 
     # Logging.
@@ -114,6 +131,16 @@ class Settings(BaseSettings):
     # Reliability.
     body_read_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Most seconds to receive a whole request body (408 for a client that trickles it)."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Most seconds from a connection's first byte to the end of its request head (closed past it)."
+    )
+    keep_alive_timeout_s: int = Field(5, ge=1, le=3600, description="An idle kept-alive connection is closed after this long.")
+    max_header_bytes: int = Field(
+        32_768, ge=4096, le=1_048_576, description="Largest request head (request line and headers) read; the connection is refused above."
+    )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="Most connections and requests served at once; more are answered 503 at once."
     )
     shutdown_grace_s: float = Field(
         5.0, ge=0, le=600, description="On SIGTERM, seconds running requests get to finish before they end with an error."
@@ -148,6 +175,12 @@ class Settings(BaseSettings):
 
     def running_limit(self) -> int:
         return self.max_running or 2 * self.max_batch_size
+
+    def proxies(self) -> list[str]:
+        """The trusted proxies in effect: the setting, else the Space's front proxy on a Space, else none."""
+        if self.trusted_proxies is not None:
+            return list(self.trusted_proxies)
+        return list(SPACE_TRUSTED_PROXIES) if self.space_id else []
 
     def public_model_name(self, loaded_id: str) -> str:
         return self.model_name or loaded_id

@@ -14,14 +14,18 @@ def env_names(name: str, field) -> list[str]:
     return ["GPTOSS_" + name.upper()]
 
 
+def _is_secret(field) -> bool:
+    return "SecretStr" in repr(field.annotation)
+
+
 def settings_table() -> str:
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory is not None else field.default
-        if "token" in name or "key" in name:
+        if _is_secret(field):  # a secret's default is never shown (GPTOSS_MAX_TOKENS_CAP's 2048 is no secret)
             default = None
         shown = "" if default in ("", None) else str(default).replace(str(Settings().cache_dir.parent.parent), "~")
-        if isinstance(default, list):
+        if isinstance(default, list) and default:
             shown = ", ".join(default)
         envs = " / ".join(f"`{e}`" for e in env_names(name, field))
         rows.append(f"| {envs} | {('`' + shown + '`') if shown else '(empty)'} | {field.description} |")

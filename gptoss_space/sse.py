@@ -7,11 +7,11 @@ import json
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
-# Keep reverse proxies (nginx, the Spaces front) from buffering or transforming the stream.
+# Keep reverse proxies (nginx, the Spaces front) from buffering or transforming the stream. No Connection
+# header: it is the server's to set (an HTTP/1.0 client got "keep-alive" and the server's "close" together).
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
-    "Connection": "keep-alive",
 }
 
 

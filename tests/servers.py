@@ -8,6 +8,8 @@ import time
 
 import uvicorn
 
+from gptoss_space.serving import uvicorn_options
+
 
 class LiveServer:
     """`with LiveServer(app) as server: httpx.get(server.url + "/api")`.
@@ -34,9 +36,11 @@ class LiveServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
+        # As app.py serves it (h11 with bounded heads and connections) when the app carries its settings.
+        settings = getattr(getattr(self.app, "state", None), "settings", None)
+        options = uvicorn_options(settings) if settings is not None else {"http": "h11", "proxy_headers": False}
         config = uvicorn.Config(self.app, lifespan=self.lifespan, log_config=None, access_log=False,
-                                loop="asyncio", http="h11", timeout_graceful_shutdown=2,
-                                proxy_headers=False)
+                                loop="asyncio", timeout_graceful_shutdown=2, **options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"live-server-{self.port}", daemon=True)

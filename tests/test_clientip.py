@@ -7,16 +7,74 @@ from starlette.datastructures import Headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptoss_space.clientip import TrustedProxies, client_ip, client_of, forwarded_for, parse_ip
+import time
+
+from gptoss_space.clientip import TrustedProxies, client_ip, client_of, forwarded_for, identity, parse_ip
 from gptoss_space.settings import Settings
+
+# A deployment behind a LAN proxy that names loopback and every private range (what the default was).
+LAN = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 
 
 @pytest.fixture
 def trusted() -> TrustedProxies:
-    return TrustedProxies.from_settings(Settings())
+    return TrustedProxies(LAN)
 
 
-def test_defaults_trust_loopback_and_private_ranges(trusted):
+def test_by_default_nobody_is_trusted(monkeypatch):
+    for var in ("SPACE_ID", "GPTOSS_SPACE_ID", "GPTOSS_TRUSTED_PROXIES"):
+        monkeypatch.delenv(var, raising=False)
+    t = TrustedProxies.from_settings(Settings())
+    # A local process or a neighbour on the LAN chose its identity with X-Forwarded-For before.
+    assert client_ip("127.0.0.2", "203.0.113.9", t) == "127.0.0.2"
+    assert client_ip("10.1.2.3", "203.0.113.9", t) == "10.1.2.3"
+    assert t.networks == []
+
+
+def test_on_a_space_the_front_proxy_network_is_trusted(monkeypatch):
+    monkeypatch.delenv("GPTOSS_TRUSTED_PROXIES", raising=False)
+    monkeypatch.setenv("SPACE_ID", "someone/gptoss")
+    t = TrustedProxies.from_settings(Settings())
+    assert client_ip("10.16.3.80", "198.51.100.7", t) == "198.51.100.7"
+    assert client_ip("127.0.0.1", "198.51.100.7", t) == "127.0.0.1"
+    # What the operator names wins over the Space's default, an empty list included.
+    monkeypatch.setenv("GPTOSS_TRUSTED_PROXIES", "[]")
+    assert client_ip("10.16.3.80", "198.51.100.7", TrustedProxies.from_settings(Settings())) == "10.16.3.80"
+
+
+def test_the_walk_reads_at_most_max_hops_entries():
+    t = TrustedProxies(["10.0.0.0/8"], max_hops=3)
+    assert client_ip("10.0.0.1", "198.51.100.7, 10.0.0.4, 10.0.0.3", t) == "198.51.100.7"
+    # Four trusted hops: the walk stops after three, at a trusted address, never at the client's claim.
+    assert client_ip("10.0.0.1", "198.51.100.7, 10.0.0.5, 10.0.0.4, 10.0.0.3", t) == "10.0.0.5"
+
+
+def test_a_10_mb_header_is_read_in_bounded_time(trusted):
+    huge = "1.2.3.4, " * 1_200_000 + "198.51.100.7"
+    assert len(huge) > 10_000_000
+    started = time.perf_counter()
+    for _ in range(100):
+        assert client_ip("10.0.0.1", huge, trusted) == "198.51.100.7"
+        assert client_ip("10.0.0.1", "x" * 10_000_000, trusted) == "10.0.0.1"
+    assert time.perf_counter() - started < 0.5  # was 6.5 s for one such request
+
+
+def test_ipv6_clients_are_counted_per_prefix():
+    assert identity("2001:db8:1:2:aaaa::1", 64) == "2001:db8:1:2::/64"
+    assert identity("2001:db8:1:2:bbbb::9", 64) == "2001:db8:1:2::/64"
+    assert identity("2001:db8:1:3::1", 64) != identity("2001:db8:1:2::1", 64)
+    assert identity("2001:db8::1", 128) == "2001:db8::1"
+    assert identity("198.51.100.7", 64) == "198.51.100.7"
+    assert identity("testclient", 64) == "testclient"
+
+    class Req:
+        client = type("C", (), {"host": "2001:db8:1:2:cccc::5"})()
+        headers = Headers(raw=[])
+
+    assert client_of(Req(), TrustedProxies.from_settings(Settings())) == "2001:db8:1:2::/64"
+
+
+def test_lan_list_trusts_loopback_and_private_ranges(trusted):
     for ip in ["127.0.0.1", "127.9.9.9", "::1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "fd00::5"]:
         assert trusted.contains(ip), ip
     for ip in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "fe80::1", "::2", "", "garbage", "10.0.0.256"]:
@@ -129,9 +187,9 @@ def test_peer_not_an_address(trusted):
 
 
 def test_no_peer_is_unknown_unless_unix_socket_trusted():
-    default = TrustedProxies(Settings().trusted_proxies)
+    default = TrustedProxies(LAN)
     assert client_ip(None, "8.8.8.8", default) == "unknown"
-    unix = TrustedProxies([*Settings().trusted_proxies, "unix"])
+    unix = TrustedProxies([*LAN, "unix"])
     assert client_ip(None, "1.2.3.4, 8.8.8.8", unix) == "8.8.8.8"
     assert client_ip(None, None, unix) == "unknown"
     assert client_ip(None, "garbage", unix) == "unknown"
@@ -157,7 +215,7 @@ def test_trusted_from_env(monkeypatch):
     assert t.contains("100.64.1.1") and not t.contains("10.0.0.1")
 
 
-_TRUSTED = TrustedProxies(Settings().trusted_proxies)
+_TRUSTED = TrustedProxies(LAN)
 _public = st.ip_addresses().filter(lambda a: not _TRUSTED.contains(str(a)))
 _proxy = st.sampled_from(["10.0.0.1", "10.200.3.4", "192.168.7.7", "172.20.0.9", "127.0.0.1", "::1", "fd00::42"])
 _junk = st.text(alphabet=st.characters(blacklist_characters=",", blacklist_categories=("Cs",)), max_size=24)

@@ -68,7 +68,7 @@ text = st.text(max_size=30)
 ROLES = ["system", "developer", "user", "assistant"]
 valid_part = st.fixed_dictionaries({"type": st.just("text"), "text": text})
 valid_message = st.fixed_dictionaries(
-    {"role": st.sampled_from(ROLES), "content": text | st.lists(valid_part, max_size=2) | st.none()},
+    {"role": st.sampled_from(ROLES), "content": text | st.lists(valid_part, max_size=2)},
     optional={"reasoning": text},
 )
 # Valid values of every field, edges included.

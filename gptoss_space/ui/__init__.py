@@ -19,12 +19,19 @@ def mount_ui(app: FastAPI, service, settings) -> FastAPI:
 
     from .theme import CSS, HEAD, make_theme
 
+    from . import errors
+
     blocks = build_ui(service, settings)
+    # A flood of calls nobody reads is refused (503 "queue full") instead of stored: 3,000 grew the server to 1 GB.
+    blocks.queue(max_size=settings.page_queue_size, default_concurrency_limit=settings.page_concurrency)
     # No frame-blocking headers are added here (nor by Gradio): the page is meant to be embedded.
+    # show_error=False: only our gr.Error messages reach the visitor, never an exception's text.
     mounted = gr.mount_gradio_app(
         app, blocks, path="/", ssr_mode=False, theme=make_theme(), css=CSS, head=HEAD,
         footer_links=["api", "gradio"],  # not "settings": it reads localStorage, which a blocked iframe denies
+        show_error=False, max_file_size="1b",  # no file input: entry.py refuses the upload route, this too
     )
+    errors.install(app.router.routes[-1].app)
     _calm_queue_polling(blocks)
     return mounted
 

@@ -22,6 +22,7 @@ from ..errors import (
     RateLimited,
 )
 from ..schemas import ChatMessage
+from .errors import record
 from .parameters import DEFAULT_EFFORT, ChatParams, ParameterControls
 
 log = logging.getLogger(__name__)
@@ -169,21 +170,22 @@ def build_chat(service, settings, controls: ParameterControls) -> gr.ChatInterfa
 
     async def respond(message: str, history: list, temperature, top_p, max_tokens, system_prompt,
                       inject_datetime, effort, request: gr.Request):
-        if not (message or "").strip():
+        if isinstance(message, str) and not message.strip():
             gr.Info("Type a message first.")
             return
-        params = ChatParams.from_values(temperature, top_p, max_tokens, system_prompt, inject_datetime, effort)
-        if params.max_tokens == -1:
-            cut = f"✂️ Cut at this server's limit of {settings.max_tokens_cap} tokens."
-        else:
-            cut = f"✂️ Cut at your max tokens ({params.max_tokens}): raise it in Parameters."
         shown: list = []
         try:
+            params = ChatParams.from_values(temperature, top_p, max_tokens, system_prompt, inject_datetime, effort)
+            if params.max_tokens == -1:
+                cut = f"✂️ Cut at this server's limit of {settings.max_tokens_cap} tokens."
+            else:
+                cut = f"✂️ Cut at your max tokens ({params.max_tokens}): raise it in Parameters."
             async for turn in runner.turns(message, history, params, request):
                 shown = render(turn, cut)
                 yield shown
         except APIError as e:
             text = friendly(e)
+            record(request, e)
             log.info("chat turn refused: %s (%d)", type(e).__name__, e.status)
             gr.Warning(text)
             yield [m for m in shown if m.metadata.get("status") != "pending"] + [notice(f"⚠️ {text}")]
@@ -212,7 +214,7 @@ def build_chat(service, settings, controls: ParameterControls) -> gr.ChatInterfa
         examples=[[e] for e in EXAMPLES],
         cache_examples=False,  # on a Space the default would run them at startup, before the model loads
         analytics_enabled=False,
-        concurrency_limit=None,  # the service's gate queues and rate-limits, not Gradio
+        concurrency_limit=settings.page_concurrency,  # the service's gate queues and rate-limits; this bounds Gradio's side
         show_progress="minimal",
         fill_height=False,
         api_visibility="private",  # the documented endpoint is /chat below
@@ -233,12 +235,13 @@ def build_chat(service, settings, controls: ParameterControls) -> gr.ChatInterfa
         request: gr.Request = None,
     ) -> str:
         """Chat with the model. Streams the answer as it grows; the final value is the whole answer."""
-        params = ChatParams.from_values(temperature, top_p, max_tokens, system_prompt, inject_datetime, reasoning_effort)
         try:
+            params = ChatParams.from_values(temperature, top_p, max_tokens, system_prompt, inject_datetime, reasoning_effort)
             async for turn in runner.turns(message, history, params, request):
                 if turn.content:
                     yield turn.content
         except APIError as e:
+            record(request, e)  # a direct call (/gradio_api/run/chat) answers with its status, not 500
             raise gr.Error(friendly(e), print_exception=False) from None
         except Exception:
             log.exception("chat endpoint failed")
@@ -246,5 +249,5 @@ def build_chat(service, settings, controls: ParameterControls) -> gr.ChatInterfa
         if not turn.content:
             yield ""
 
-    gr.api(chat, api_name="chat", concurrency_limit=None)
+    gr.api(chat, api_name="chat", concurrency_limit=settings.page_concurrency)
     return ci

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import gradio as gr
 from annotated_types import Ge, Gt, Le, Lt
 
+from ..errors import InvalidRequest
 from ..prompting import PromptOptions
 from ..schemas import ChatMessage, ChatRequest
 from ..settings import Settings
@@ -33,6 +35,19 @@ def field_range(name: str) -> tuple[float, float, bool]:
     return lo, hi, exclusive
 
 
+def _number(name: str, value) -> float:
+    """A finite number from a widget's value: an int, a float or a short numeric string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (isinstance(value, str) and len(value) > 32):
+        raise InvalidRequest(f"Invalid '{name}': must be a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
+        raise InvalidRequest(f"Invalid '{name}': must be a number") from None
+    if not math.isfinite(number):
+        raise InvalidRequest(f"Invalid '{name}': must be a finite number")
+    return number
+
+
 @dataclass(frozen=True)
 class ChatParams:
     """One turn's settings as the page sends them; turned into the same ChatRequest /api builds."""
@@ -55,11 +70,17 @@ class ChatParams:
 
     @classmethod
     def from_values(cls, temperature, top_p, max_tokens, system_prompt, inject_datetime, effort) -> ChatParams:
-        """From the widgets' values, forgiving: a max tokens of 0 or less means 'as many as allowed'."""
-        mt = int(max_tokens) if max_tokens is not None else -1
+        """From the widgets' values (or a caller's), forgiving: a max tokens of 0 or less means 'as many as allowed'.
+
+        Anything that is not a finite number where one belongs, or text where text belongs, is an
+        InvalidRequest (400), never a ValueError from float() or int() (a 500 through Gradio).
+        """
+        mt = -1 if max_tokens is None else int(_number("max_tokens", max_tokens))
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise InvalidRequest("Invalid 'system_prompt': must be text")
         return cls(
-            temperature=float(temperature),
-            top_p=float(top_p),
+            temperature=_number("temperature", temperature),
+            top_p=_number("top_p", top_p),
             max_tokens=mt if mt > 0 else -1,
             system_prompt=system_prompt or "",
             inject_datetime=bool(inject_datetime),
