@@ -30,6 +30,8 @@ class Ticket:
     headers: dict[str, str] = field(default_factory=dict)
     released: bool = False
     on_release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    # Called when the request really starts, if that is later than the ticket (it waited for a global slot).
+    on_start: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def release(self) -> None:
         if self.released:
@@ -156,6 +158,8 @@ class GlobalBound:
             ticket.release()
             raise
         waited = loop.time() - t0
+        if ticket.on_start is not None:
+            ticket.on_start()  # the client's pacing counts from here, when it really starts
         ticket.queued_s += waited
         ticket.headers["X-Queue-Time"] = secs(ticket.queued_s)
         return self._hold(ticket, counted=True)

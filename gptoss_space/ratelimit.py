@@ -176,7 +176,15 @@ class FifoGate:
             "X-RateLimit-Reset": secs(self.window_s),  # this start is the window's newest
             "X-Queue-Time": secs(queued_s),
         }
-        return Ticket(client=client, queued_s=queued_s, headers=headers, on_release=lambda: self._release(client, st))
+        return Ticket(client=client, queued_s=queued_s, headers=headers, on_release=lambda: self._release(client, st),
+                      on_start=lambda: self._restamp(st))
+
+    def _restamp(self, st: _Client) -> None:
+        """The request started later than its ticket (a global slot): pace the client's next start from now."""
+        now = self._clock()
+        st.started_at = now
+        if st.starts:
+            st.starts[-1] = now
 
     def _release(self, client: str, st: _Client) -> None:
         now = self._clock()

@@ -155,7 +155,7 @@ class GateRecorder:
             ticket = await inner(client)
             # The gate's own start time (FifoGate keeps the last starts per client): a clock read here
             # could come milliseconds later on a loaded machine and blur the spacing checks.
-            state = getattr(gate, "_clients", {}).get(client)
+            state = getattr(getattr(gate, "inner", gate), "_clients", {}).get(client)  # FifoGate under the global bound
             started = state.starts[-1] if state is not None and state.starts else time.monotonic()
             slot = [client, started, None]
             self.slots.append(slot)

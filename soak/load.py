@@ -10,6 +10,7 @@ or not, with faults injected through the prompt's [soak ...] directive.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import random
 import time
@@ -66,8 +67,10 @@ def make_clients(n: int, rng: random.Random) -> list[SimClient]:
     clients = []
     for i in range(n):
         if i % 4 == 3:  # through the trusted proxy
-            key = f"198.51.100.{i // 4 % 250 + 1}" if i % 8 == 3 else f"2001:db8::{i:x}"
-            xff = key if rng.random() < 0.5 else f"6.6.6.{i % 250}, {key}"  # the left entry is the client's lie
+            # IPv6 clients are counted per /64 (client_ipv6_prefix): each simulated one has a /64 of its own.
+            addr = f"198.51.100.{i // 4 % 250 + 1}" if i % 8 == 3 else f"2001:db8:{i:x}::1"
+            key = addr if ":" not in addr else str(ipaddress.ip_network(f"{addr}/64", strict=False))
+            xff = addr if rng.random() < 0.5 else f"6.6.6.{i % 250}, {addr}"  # the left entry is the client's lie
             clients.append(SimClient(key, PROXY, xff))
         else:
             addr = f"127.0.{1 + i // 250}.{1 + i % 250}"

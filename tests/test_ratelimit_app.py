@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import httpx
 import pytest
@@ -225,38 +227,34 @@ def _rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
+def _attack_600(port: int) -> list[tuple[int, dict, bytes]]:
+    """In a process of its own, as an attacker would be: 600 requests at once from 600 loopback addresses."""
+
+    async def attack():
+        return await asyncio.gather(*(raw_post(port, f"127.0.{1 + i // 250}.{2 + i % 250}", say(f"r{i}")) for i in range(600)))
+
+    return asyncio.run(attack())
+
+
 def test_600_identities_never_run_past_the_global_bound_and_the_rest_get_503():
     """Each client's one request starts at once by the per-client rules; the global bound holds them."""
     backend = TimedBackend(hold=1.5)
     app = create_app(make_settings(rate_limit_enabled=True, max_running=16, rate_limit_queue_total=64), backend=backend,
                      with_ui=False)
     rss0 = _rss_mb()
-    with LiveServer(app, host="127.0.0.1") as server:
-
-        async def attack():
-            health_times, running = [], []
-
-            async def one(i: int) -> tuple[int, dict, bytes]:
-                # A raw connection from its own loopback address: cheap enough that 600 of them do
-                # not starve the server thread of the GIL (an httpx client each costs ~30 ms to make).
-                return await raw_post(server.port, f"127.0.{1 + i // 250}.{2 + i % 250}", say(f"r{i}"))
-
-            async def watch():
-                async with httpx.AsyncClient(timeout=5) as c:
-                    while True:
-                        t0 = time.monotonic()
-                        health = (await c.get(server.url + "/api")).json()
-                        health_times.append(time.monotonic() - t0)
-                        running.append(health["rate_limit"]["generations_running"])
-                        await asyncio.sleep(0.05)
-
-            watcher = asyncio.create_task(watch())
-            answers = await asyncio.gather(*(one(i) for i in range(600)))
-            watcher.cancel()
-            assert len(health_times) > 10, "the health checks never came back"
-            return answers, health_times, running
-
-        answers, health_times, running = asyncio.run(attack())
+    health_times, running = [], []
+    with LiveServer(app, host="127.0.0.1") as server, ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        pool.submit(int).result()  # the attacker's process is up before the clock starts
+        attack = pool.submit(_attack_600, server.port)
+        with httpx.Client(timeout=5) as c:
+            while not attack.done():
+                t0 = time.monotonic()
+                health = c.get(server.url + "/api").json()
+                health_times.append(time.monotonic() - t0)
+                running.append(health["rate_limit"]["generations_running"])
+                time.sleep(0.05)
+        answers = attack.result()
+    assert len(health_times) > 10, "the health checks never came back"
     codes = [status for status, _, _ in answers]
     assert codes.count(200) == 16 + 64  # the running ones, then those that waited for a slot
     refused = [(headers, body) for status, headers, body in answers if status == 503]
