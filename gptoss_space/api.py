@@ -71,6 +71,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
             on_close=ticket.release,
             shutdown=shutdown,
             farewell=to_sse(shutting_down().body(style)),
+            write_timeout=settings.stream_write_timeout_s,
         )
 
     body_doc = request_body_doc()

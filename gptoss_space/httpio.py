@@ -178,9 +178,11 @@ class ReleasingStreamingResponse(StreamingResponse):
     `farewell` (an SSE error event) is sent in place of the rest: the body always ends cleanly.
     """
 
-    def __init__(self, *args, on_close=None, shutdown: Shutdown | None = None, farewell: bytes = b"", **kwargs):
+    def __init__(self, *args, on_close=None, shutdown: Shutdown | None = None, farewell: bytes = b"",
+                 write_timeout: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._on_close = on_close
+        self._write_timeout = write_timeout
         self._shutdown = shutdown if shutdown is not None and shutdown.begun is not None else None
         self._farewell = farewell
 
@@ -216,7 +218,13 @@ class ReleasingStreamingResponse(StreamingResponse):
 
     async def _stream_until_disconnect(self, receive, send) -> None:
         """Starlette's streaming for ASGI 2.3 servers (the body until the client leaves), on two plain asyncio
-        tasks: its anyio task group cost about 0.3 ms before the first byte on a small CPU."""
+        tasks: its anyio task group cost about 0.3 ms before the first byte on a small CPU.
+
+        A client that stops reading holds its generation (a batch row) only until the socket's buffers
+        are full and then `write_timeout` more: a send that waits longer ends the stream like a disconnect.
+        """
+        if self._write_timeout:
+            send = _bounded_send(send, self._write_timeout)
         body = asyncio.ensure_future(self.stream_response(send))
         gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
         try:
@@ -226,4 +234,21 @@ class ReleasingStreamingResponse(StreamingResponse):
                 task.cancel()
             await asyncio.gather(body, gone, return_exceptions=True)
         if body.done() and not body.cancelled() and body.exception() is not None:
+            if isinstance(body.exception(), StalledClient):
+                log.info("client stopped reading its stream for %.0f s: stream closed, generation cancelled", self._write_timeout)
+                return
             raise body.exception()
+
+
+class StalledClient(Exception):
+    """A send to the client waited past the write timeout: it stopped reading."""
+
+
+def _bounded_send(send: Send, timeout: float) -> Send:
+    async def bounded(message) -> None:
+        try:
+            await asyncio.wait_for(send(message), timeout)
+        except TimeoutError:
+            raise StalledClient() from None
+
+    return bounded

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, le=1_000_000, description="Most connections and requests served at once; more are answered 503 at once."
     )
+    stream_write_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="A stream whose client took no data for this long once the socket's buffers were full is closed "
+        "and its generation cancelled (a client that stops reading frees its batch row).",
+    )
     shutdown_grace_s: float = Field(
         5.0, ge=0, le=600, description="On SIGTERM, seconds running requests get to finish before they end with an error."
     )

@@ -173,3 +173,55 @@ def test_real_model_stream_dropped_stops_within_two_decode_steps(model_server):
         time.sleep(0.005)
     assert engine.active == 0
     assert engine.steps - steps_at_close <= 2, engine.steps - steps_at_close
+
+
+class EndlessBackend:
+    """Streams 1 KB pieces as fast as they are taken, until cancelled."""
+
+    kind, model_id, ready, native_date = "scripted", "endless", True, False
+
+    def __init__(self):
+        self.started = self.cancelled = 0
+
+    async def start(self): ...
+
+    async def close(self): ...
+
+    def health(self) -> dict:
+        return {"backend": "scripted"}
+
+    async def stream(self, req):
+        from gptoss_space.backends import Delta
+
+        self.started += 1
+        try:
+            while True:
+                yield Delta(content="x" * 1024)
+                await asyncio.sleep(0)
+        finally:
+            self.cancelled += 1
+
+
+def test_a_client_that_stops_reading_frees_its_generation_after_the_write_timeout():
+    """Before: a stream nobody read kept its generation (a batch row) until max_tokens."""
+    import socket
+
+    from gptoss_space.server import create_app
+
+    backend = EndlessBackend()
+    app = create_app(make_settings(stream_write_timeout_s=1.0), backend=backend, with_ui=False)
+    with LiveServer(app, host="127.0.0.1") as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        body = b'{"messages":[{"role":"user","content":"go"}],"stream":true}'
+        sock.sendall(b"POST /api HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)  # and never reads a byte
+        t0 = time.monotonic()
+        while backend.cancelled == 0 and time.monotonic() - t0 < 30:
+            assert httpx.get(server.url + "/api", timeout=1).status_code == 200  # others are served meanwhile
+            time.sleep(0.1)
+        freed_after = time.monotonic() - t0
+        sock.close()
+    assert backend.started == 1 and backend.cancelled == 1
+    assert freed_after < 15, freed_after  # the buffers fill in well under a second, then the 1 s timeout
