@@ -281,3 +281,21 @@ def test_uploads_are_refused_whatever_their_size(page_server):
     with Watch(page_server):
         answer = raw(page_server, head + b"x" * 1_000_000)
     assert answer.startswith(b"HTTP/1.1 403")
+
+
+def test_page_calls_nobody_reads_stop_generating_and_free_their_slots():
+    """Before: calls posted to /gradio_api/call/chat and never read ran on (and queued) until shutdown."""
+    from tests.test_disconnects import EndlessBackend
+
+    backend = EndlessBackend()
+    app = create_app(make_settings(), backend=backend)
+    with LiveServer(app, ready_path="/api") as server, Watch(server):
+        for i in range(4):
+            r = httpx.post(server.url + "/gradio_api/call/chat", json={"data": chat_args(max_tokens=-1)}, timeout=10)
+            assert r.status_code == 200 and r.json()["event_id"]  # and the result is never fetched
+        t0 = time.monotonic()
+        while backend.cancelled < 4 and time.monotonic() - t0 < 20:
+            time.sleep(0.1)
+        assert (backend.started, backend.cancelled) == (4, 4)
+        rate = httpx.get(server.url + "/api").json()["rate_limit"]
+        assert rate["generations_running"] == 0

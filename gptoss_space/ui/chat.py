@@ -131,8 +131,28 @@ class ChatRunner:
                     turn.finish_reason = d.finish_reason or turn.finish_reason
                     if d.content or d.reasoning:
                         yield turn
+                        if unread_updates(request) > MAX_UNREAD:
+                            # A call posted and never read (/gradio_api/call/... without the GET): stop
+                            # generating for nobody; its slot and batch row go to clients that read.
+                            log.info("page call not read (%d updates waiting): generation cancelled", MAX_UNREAD)
+                            return
         turn.status = "done"
         yield turn
+
+
+# Updates Gradio may hold unread for one call before its generation is cancelled. A reader takes them as
+# they come (the browser's stream, or GET /gradio_api/call/chat/{event_id}); only a call nobody reads, or
+# whose socket stopped taking data, lets them pile up.
+MAX_UNREAD = 256
+
+
+def unread_updates(request) -> int:
+    """How many of this call's updates wait in Gradio's queue unread (0 where that cannot be told)."""
+    try:
+        waiting = request.request.app.get_blocks()._queue.pending_messages_per_session.get(request.session_hash)
+    except AttributeError:  # no Gradio request (a direct call), or a Gradio without these internals
+        return 0
+    return waiting.qsize() if waiting is not None else 0
 
 
 def render(turn: Turn, cut_note: str = "") -> list[gr.ChatMessage]:
