@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     page_queue_size: int = Field(
         256, ge=1, le=100_000, description="Most page calls waiting in Gradio's queue (503 'queue full' above)."
     )
+    page_sessions: int = Field(
+        500, ge=10, le=100_000,
+        description="Most page sessions whose state Gradio keeps; the least recently used is forgotten first.",
+    )
 
     # Logging.
     log_level: str = Field("INFO", description="Python logging level.")

@@ -299,3 +299,17 @@ def test_page_calls_nobody_reads_stop_generating_and_free_their_slots():
         assert (backend.started, backend.cancelled) == (4, 4)
         rate = httpx.get(server.url + "/api").json()["rate_limit"]
         assert rate["generations_running"] == 0
+
+
+def test_3000_unread_page_calls_are_bounded_in_memory():
+    """Before: 3,000 unread Gradio calls grew the server from 0.17 to 1 GB."""
+    backend = ScriptedBackend()
+    app = create_app(make_settings(), backend=backend)
+    with LiveServer(app, ready_path="/api") as server, Watch(server) as watch:
+        codes: dict[int, int] = {}
+        with httpx.Client(timeout=10) as c:
+            for _ in range(3000):
+                r = c.post(server.url + "/gradio_api/call/chat", json={"data": chat_args()})
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+        assert set(codes) <= {200, 503}, codes  # accepted, or refused once Gradio's bounded queue is full
+    assert watch.grew_mb < 200

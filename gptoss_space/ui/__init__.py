@@ -24,6 +24,9 @@ def mount_ui(app: FastAPI, service, settings) -> FastAPI:
     blocks = build_ui(service, settings)
     # A flood of calls nobody reads is refused (503 "queue full") instead of stored: 3,000 grew the server to 1 GB.
     blocks.queue(max_size=settings.page_queue_size, default_concurrency_limit=settings.page_concurrency)
+    # Gradio keeps each session's component state (10,000 sessions by default, ~140 KB each for this page):
+    # 3,000 calls posted and never read still grew the server by 430 MB with the queue bounded.
+    blocks.state_session_capacity = settings.page_sessions
     # No frame-blocking headers are added here (nor by Gradio): the page is meant to be embedded.
     # show_error=False: only our gr.Error messages reach the visitor, never an exception's text.
     mounted = gr.mount_gradio_app(
