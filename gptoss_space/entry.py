@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import error_style
 from .clientip import TrustedProxies, parse_ip
-from .errors import APIError, Forbidden
+from .errors import APIError, Forbidden, HeadersTooLarge
 from .httpio import ClientGone, read_body
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,12 @@ class EntryGuard:
             headers = scope["headers"]
             if any(name in FORWARDED_HOST_HEADERS for name, _ in headers):
                 scope = {**scope, "headers": [(n, v) for n, v in headers if n not in FORWARDED_HOST_HEADERS]}
+        size = sum(len(name) + len(value) for name, value in scope["headers"])
+        if size > self.settings.max_header_bytes:
+            # h11 refuses a head past the bound while it is still arriving; one that arrived in a single read
+            # (a 100 KB X-Forwarded-For over loopback) is parsed already, and is refused here, before any route.
+            exc = HeadersTooLarge(f"Request headers too large: {size} bytes; the limit is {self.settings.max_header_bytes}")
+            return await self._refuse(scope, receive, send, exc)
         if scope["path"].rstrip("/") in UPLOAD_PATHS:
             return await self._refuse(scope, receive, send, Forbidden("Uploads are not accepted here"))
         if not _has_body(scope):

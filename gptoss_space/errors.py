@@ -46,6 +46,12 @@ class PayloadTooLarge(APIError):
     code = "request_too_large"
 
 
+class HeadersTooLarge(APIError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
 class Forbidden(APIError):
     status = 403
     type = "invalid_request_error"

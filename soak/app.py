@@ -31,6 +31,7 @@ from fastapi import APIRouter, FastAPI
 from gptoss_space.backends import Delta, GenerationRequest
 from gptoss_space.errors import GenerationFailed
 from gptoss_space.server import create_app
+from gptoss_space.serving import uvicorn_options
 from gptoss_space.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     graceful = args.graceful if args.graceful is not None else settings.shutdown_grace_s + 5
-    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=graceful)
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=graceful,
+                            **uvicorn_options(settings))  # as app.py serves it: h11, bounded heads
     server = ReportingServer(config)
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     server.run(sockets=[sock])

@@ -25,7 +25,10 @@ CHAT_PATHS = ["/api", "/api/gpt-oss-2t", "/v1/chat/completions"]
 KINDS = {
     "stream": 28, "json": 20, "stream_leave": 10, "json_leave": 5, "fault_mid": 4, "fault_start": 2,
     "hang": 2, "invalid": 9, "malformed": 6, "oversize": 3, "slow_body": 2, "health": 3,
+    # Attacks (issue 14): a 4,301-digit integer, a 100 KB X-Forwarded-For head.
+    "huge_int": 2, "xff_huge": 2,
 }
+HUGE_XFF = ", ".join(f"10.{i % 250}.{i % 200}.1" for i in range(9000))  # ~100 KB
 # Settings of the soak server: the default rate limits, short timeouts for the injected faults.
 SERVER_SETTINGS = {
     "rate_limit_enabled": True,
@@ -103,12 +106,18 @@ def body_for(kind: str, rid: str, rng: random.Random, settings: dict) -> dict | 
             {"messages": []}, {"messages": "hi"}, ask("", temperature=7), ask("", top_p=0), ask("", max_tokens=0),
             ask("", n=3), ask("", stream="yes"), {"messages": [{"role": "wizard", "content": "x"}]}, [1, 2],
             ask("", seed=2**80), ask("", tools=[{"type": "function"}]), ask("", max_tokens=10**9),
+            {"messages": [{"role": "user"}]},  # no content: OpenAI answers 400
         ])
     if kind == "malformed":
         return rng.choice([b"", b"{", b'{"messages": [', b'{"messages": "\xff\xfe"}', b"[" * 5000, b"\x00\x01",
                            b'{"messages": [{"role": "user", "content": "\\ud800"}]}', b"null", b"nan"])
     if kind == "oversize":
         return ask("x" * 25_000)
+    if kind == "huge_int":
+        field = rng.choice(["seed", "max_tokens", "temperature"])
+        return json.dumps(ask("pieces=2"))[:-1].encode() + f', "{field}": {"9" * 4301}}}'.encode()
+    if kind == "xff_huge":
+        return ask("pieces=2")
     return b""  # slow_body and health build their own requests
 
 
@@ -132,6 +141,8 @@ async def _attempt(http: httpx.AsyncClient, sim: SimClient, kind: str, rid: str,
                    base: str, settings: dict) -> Outcome:
     out = Outcome(rid, kind, sim.key, started=time.monotonic())
     headers = {"x-forwarded-for": sim.xff} if sim.xff else {}
+    if kind == "xff_huge":
+        headers = {"x-forwarded-for": HUGE_XFF}
     path = rng.choice(CHAT_PATHS)
     try:
         if kind == "health":
@@ -147,8 +158,12 @@ async def _attempt(http: httpx.AsyncClient, sim: SimClient, kind: str, rid: str,
             async with http.stream("POST", base + path, content=content, headers=headers, timeout=timeout) as r:
                 out.status = r.status_code
                 if r.status_code != 200:
-                    data = json.loads(await r.aread())
-                    out.error = data["error"] if isinstance(data["error"], str) else data["error"]["message"]
+                    raw = await r.aread()
+                    try:
+                        data = json.loads(raw)
+                        out.error = data["error"] if isinstance(data["error"], str) else data["error"]["message"]
+                    except ValueError:  # h11's own 400 for a head it could not take is plain text
+                        out.error = f"not JSON: {raw[:80]!r}"
                 elif r.headers["content-type"].startswith("text/event-stream"):
                     leave_after = rng.randint(1, 4) if kind == "stream_leave" else None
                     seen = 0
@@ -215,10 +230,13 @@ async def _slow_body(sim: SimClient, base: str, out: Outcome, headers: dict, lim
 
 def expected(o: Outcome, settings: dict) -> str | None:
     """None when the outcome is what this kind of request must get; else what went wrong."""
+    if o.kind == "xff_huge":  # a head past max_header_bytes: refused (431; h11's 400), or the connection closed on it
+        ok = o.status in (400, 431) or (o.error or "").startswith("transport")
+        return None if ok else f"xff_huge: status {o.status}, error {o.error!r}"
     if o.error and o.error.startswith("transport"):
         return f"{o.kind}: {o.error}"
     if o.status == 429:  # the client's queue was full: allowed for anything that reached the gate
-        return None if o.kind not in ("invalid", "malformed", "oversize", "slow_body", "health") else "429 before the gate"
+        return None if o.kind not in ("invalid", "malformed", "oversize", "slow_body", "health", "huge_int") else "429 before the gate"
     if o.status is not None and o.status >= 500 and o.kind != "fault_start":
         return f"unexpected {o.status}: {o.error}"
     want = {
@@ -231,6 +249,7 @@ def expected(o: Outcome, settings: dict) -> str | None:
         "hang": o.status == 200 and o.error_event is not None and f"longer than the {settings['request_timeout_s']:g} s limit" in o.error_event,
         "invalid": o.status == 400 and bool(o.error),
         "malformed": o.status == 400 and bool(o.error),
+        "huge_int": o.status == 400 and "digits" in (o.error or ""),
         "oversize": o.status == 413 and "too large" in (o.error or ""),
         "slow_body": o.status == 408 and "not received within" in (o.error or ""),
         "health": o.status == 200,

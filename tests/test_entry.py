@@ -313,3 +313,12 @@ def test_3000_unread_page_calls_are_bounded_in_memory():
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
         assert set(codes) <= {200, 503}, codes  # accepted, or refused once Gradio's bounded queue is full
     assert watch.grew_mb < 200
+
+
+def test_a_100kb_header_arriving_at_once_is_431_in_our_shape(page_server):
+    """h11 bounds a head only while it is incomplete; one that arrives in one read is refused before any route."""
+    xff = ", ".join(f"10.{i % 250}.{i % 200}.1" for i in range(9000))
+    for path, shape in (("/api", str), ("/v1/chat/completions", dict)):
+        r = httpx.post(page_server.url + path, json=HI, headers={"x-forwarded-for": xff}, timeout=10)
+        assert r.status_code == 431 and isinstance(r.json()["error"], shape), r.text
+        assert "headers too large" in json.dumps(r.json())
