@@ -50,7 +50,10 @@ def build(kind: str, folder: Path, scale: int) -> Path:
     from transformers import AutoTokenizer, GptOssForCausalLM, LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(servers.ROOT))
-    from tests.tiny_models import build_tiny_gpt_oss
+    from tests.tiny_models import build_tiny_gpt_oss, offline_vocabulary
+
+    # The tokenizer and the server's harmony need o200k_base.tiktoken: no network on a GPU machine here.
+    offline_vocabulary(Path.home() / ".cache" / "gptoss-space" / "tiktoken")
 
     base = build_tiny_gpt_oss(folder / "gpt-oss-base", seed=1)
     tok = AutoTokenizer.from_pretrained(base)

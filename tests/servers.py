@@ -80,3 +80,23 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def raw_exchange(server, parts: list[bytes], *, gap_s: float = 0.0, source: str = "127.0.0.1",
+                 timeout: float = 5.0) -> bytes:
+    """Send bytes by hand (the parts `gap_s` apart), then read until the server closes; return what came back."""
+    with socket.create_connection((server.host, server.port), timeout=timeout, source_address=(source, 0)) as s:
+        try:
+            for i, part in enumerate(parts):
+                if i and gap_s:
+                    time.sleep(gap_s)
+                s.sendall(part)
+        except OSError:  # answered and closed while we were still sending
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out

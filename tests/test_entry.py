@@ -18,7 +18,7 @@ import pytest
 from gptoss_space.server import create_app
 from tests.conftest import make_settings
 from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer
+from tests.servers import LiveServer, raw_exchange
 
 HEALTH_BOUND_S = 1.0
 RSS_BOUND_MB = 200
@@ -83,18 +83,7 @@ def page_server():
 
 
 def raw(server: LiveServer, data: bytes, *, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
-    with socket.create_connection((server.host, server.port), timeout=timeout, source_address=(source, 0)) as s:
-        try:
-            s.sendall(data)
-        except OSError:  # answered and closed while we were still sending
-            pass
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return out
+    return raw_exchange(server, [data], source=source, timeout=timeout)
 
 
 def chat_args(system_prompt: str = "", *, temperature=0.5, max_tokens=16) -> list:

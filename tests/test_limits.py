@@ -13,7 +13,7 @@ from gptoss_space.errors import ContextLengthExceeded
 from gptoss_space.server import create_app
 from tests.conftest import make_settings
 from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer
+from tests.servers import LiveServer, raw_exchange
 
 USER = {"role": "user", "content": "hi"}
 
@@ -43,21 +43,7 @@ def seed_error(r: httpx.Response) -> str:
 
 def raw_request(server, head: bytes, body_parts: list[bytes], gap_s: float, read_timeout: float = 5.0) -> bytes:
     """Send a request by hand: the head, then the body parts `gap_s` apart; return what came back."""
-    with socket.create_connection((server.host, server.port), timeout=read_timeout) as s:
-        s.sendall(head)
-        try:
-            for part in body_parts:
-                time.sleep(gap_s)
-                s.sendall(part)
-        except OSError:  # the server answered and closed while we were still sending
-            pass
-        data = b""
-        try:
-            while chunk := s.recv(65536):
-                data += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return data
+    return raw_exchange(server, [head, *body_parts], gap_s=gap_s, timeout=read_timeout)
 
 
 def test_body_over_max_body_bytes_is_413_with_or_without_content_length(limited):

