@@ -23,14 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from .kvcache import PrefixStore, RowCache
+from .packedlinear import PackedLinear, can_pack
 from .prefillattn import BatchedPrefill, ColumnCopy, offset_causal, shared_prefixes
 from .llamaweights import LlamaWeights, config_supported
 
 log = logging.getLogger(__name__)
 
-# The row count oneDNN lays the packed weights out for: the same speed as 1 for one decoding row,
-# 1.3x faster for prefill-sized inputs (a layout for 1 row gets re-laid out on every large call).
-_PACK_ROWS = 64
 # Prefill after a cached prefix: pad the new queries to full causal attention once they are this many times the prefix.
 _PAD_QUERIES = 2
 _BUCKET, _BUCKET_MAX = 16, 256  # prefill row counts: multiples of 16 up to 256 (all built by warm_up)
@@ -55,47 +53,6 @@ def supports(model) -> bool:
     return llama and device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and config_supported(cfg)
 
 
-class _Linear:
-    """y = x @ W.T with W reordered once for oneDNN (bf16/AMX), or plain F.linear where that is unavailable."""
-
-    __slots__ = ("w", "packed")
-
-    def __init__(self, weight: torch.Tensor, pack: bool):
-        weight = weight.detach().contiguous()
-        self.packed = pack
-        self.w = torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_ROWS) if pack else weight
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return _mkldnn_linear(x, self.w, None, "none", [], "")
-        return F.linear(x, self.w)
-
-    # oneDNN's fused epilogues (binary add/mul, swish) measured 15-20% slower than these pairs.
-    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """residual + x @ W.T"""
-        return residual + self(x)
-
-    def mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """other * (x @ W.T)"""
-        return self(x) * other
-
-    def swish(self, x: torch.Tensor) -> torch.Tensor:
-        """silu(x @ W.T)"""
-        return F.silu(self(x))
-
-
-_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-_mkldnn_linear = _pointwise.default if _pointwise is not None else None
-
-
-def _can_pack(dtype: torch.dtype) -> bool:
-    if _mkldnn_linear is None or not torch.backends.mkldnn.is_available():
-        return False
-    if dtype is torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False  # fp32: MKL's sgemm is already as fast
-
-
 class _Layer:
     __slots__ = ("ln1", "ln2", "qkv", "o", "gate", "up", "down")
 
@@ -114,7 +71,7 @@ class LlamaRunner:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
         self._norm_shape = (cfg.hidden_size,)
-        self.packed = _can_pack(self.dtype)
+        self.packed = can_pack(self.dtype)
         self.embed = w["model.embed_tokens.weight"]
         self.layers = []
         for i in range(cfg.num_hidden_layers):
@@ -123,14 +80,14 @@ class LlamaRunner:
             layer.ln1 = w[p + "input_layernorm.weight"]
             layer.ln2 = w[p + "post_attention_layernorm.weight"]
             qkv = [w[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]
-            layer.qkv = _Linear(torch.cat(qkv), self.packed)
-            layer.o = _Linear(w[p + "self_attn.o_proj.weight"], self.packed)
-            layer.gate = _Linear(w[p + "mlp.gate_proj.weight"], self.packed)
-            layer.up = _Linear(w[p + "mlp.up_proj.weight"], self.packed)
-            layer.down = _Linear(w[p + "mlp.down_proj.weight"], self.packed)
+            layer.qkv = PackedLinear(torch.cat(qkv), self.packed)
+            layer.o = PackedLinear(w[p + "self_attn.o_proj.weight"], self.packed)
+            layer.gate = PackedLinear(w[p + "mlp.gate_proj.weight"], self.packed)
+            layer.up = PackedLinear(w[p + "mlp.up_proj.weight"], self.packed)
+            layer.down = PackedLinear(w[p + "mlp.down_proj.weight"], self.packed)
             self.layers.append(layer)
         self.norm = w["model.norm.weight"]
-        self.lm_head = _Linear(w.lm_head, self.packed)
+        self.lm_head = PackedLinear(w.lm_head, self.packed)
         self._rope_tables(w, max_context)
         self.scale = self.head_dim**-0.5
         self.cache = RowCache(len(self.layers), max_batch_size, self.n_kv, self.head_dim, max_context, self.dtype)
