@@ -262,4 +262,5 @@ def test_600_identities_never_run_past_the_global_bound_and_the_rest_get_503():
     assert json.loads(refused[0][1])["error"].startswith("Server busy")
     assert backend.max_running == 16 and max(running) <= 16
     assert max(health_times) < 1.0, max(health_times)  # other clients are served meanwhile
+    assert _rss_mb() - rss0 < 200  # the server runs in this process (the attacker does not)
     assert _rss_mb() - rss0 < 200
