@@ -18,7 +18,7 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import paired, servers
@@ -50,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 async def main(a: argparse.Namespace, report: Report) -> None:
     from transformers import AutoTokenizer
 
-    from gptoss_space.models import _cache_dir, embedded_gguf_path
+    from gptoss_space.models import _cache_dir
     from gptoss_space.settings import Settings
 
     from .prompts import prompt_set
@@ -161,7 +161,7 @@ def _machine(a, settings) -> dict:
         "model": "SmolLM2-135M-Instruct (embedded GGUF, de-quantized)",
         "dtype": str(pick_dtype(settings, device)).removeprefix("torch."),
         "new_tokens": a.tokens,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request
-from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
 from .clientip import TrustedProxies, client_of
 from .errors import APIError, ErrorStyle, MethodNotAllowed, NotFound

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import AsyncIterator, Awaitable
 from functools import partial
-from typing import AsyncIterator, Awaitable, TypeVar
+from typing import TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from .backends import Delta
 from .errors import APIError, ErrorStyle, GenerationFailed

@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from .accesslog import AccessLog
-from .api import build_router, error_response, error_style
+from .api import build_router, error_response
 from .backends import Backend, make_backend
 from .clientip import TrustedProxies
 from .entry import EntryGuard

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from .backends import Backend, Delta, GenerationRequest
 from .errors import GenerationTimeout, InvalidRequest, ModelLoading
-from .prompting import PromptOptions, compose_messages, utc_now
 from .gate import Ticket
+from .prompting import PromptOptions, compose_messages, utc_now
 from .schemas import ChatRequest
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,9 @@ import importlib
 import importlib.util
 import logging
 import math
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def spaces_module(settings: "Settings") -> ModuleType | None:
+def spaces_module(settings: Settings) -> ModuleType | None:
     """The `spaces` package when this process runs on ZeroGPU, else None (nothing imported).
 
     Hugging Face advises importing `spaces` before torch touches CUDA, so call this early
@@ -31,7 +32,7 @@ def spaces_module(settings: "Settings") -> ModuleType | None:
     return importlib.import_module("spaces")
 
 
-def duration_for_tokens(max_tokens: int | None, settings: "Settings") -> int:
+def duration_for_tokens(max_tokens: int | None, settings: Settings) -> int:
     """Seconds of GPU to ask for a generation of up to max_tokens (None: the server cap).
 
     A base for the prompt and setup, plus the tokens at the assumed speed, capped: a request
@@ -42,7 +43,7 @@ def duration_for_tokens(max_tokens: int | None, settings: "Settings") -> int:
     return max(1, min(seconds, settings.zero_gpu_max_duration_s))
 
 
-def gpu_task(fn: F, duration_for: Callable[..., int], *, settings: "Settings | None" = None) -> F:
+def gpu_task(fn: F, duration_for: Callable[..., int], *, settings: Settings | None = None) -> F:
     """fn under @spaces.GPU(duration=...) on ZeroGPU; fn itself (the same object) anywhere else.
 
     duration_for receives the same arguments as fn and returns seconds; `spaces` calls it on

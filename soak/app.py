@@ -48,7 +48,7 @@ class Plan:
     hang: float = 0.0
 
     @classmethod
-    def of(cls, req: GenerationRequest) -> "Plan":
+    def of(cls, req: GenerationRequest) -> Plan:
         text = req.messages[-1]["content"] if req.messages else ""
         m = DIRECTIVE.search(text)
         if not m:

@@ -34,7 +34,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "soak.app", "--host", self.host, "--backend", self.backend,
                "--settings", json.dumps(self.settings)]
         if self.graceful is not None:
@@ -93,7 +93,7 @@ class ServerProcess:
                 return json.loads(names), int(executor)
         return None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

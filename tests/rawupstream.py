@@ -32,7 +32,7 @@ class RawUpstream:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{CHAT_PATH}"
 
-    def __enter__(self) -> "RawUpstream":
+    def __enter__(self) -> RawUpstream:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls), self._loop)
         self._server = future.result(10)

@@ -30,7 +30,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "LiveServer":
+    def start(self) -> LiveServer:
         # IPPROTO_TCP: with protocol 0 asyncio sets no TCP_NODELAY and every answer waits ~45 ms.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,7 +75,7 @@ class LiveServer:
         if self._thread is not None:
             self._thread.join(timeout=15)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

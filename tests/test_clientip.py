@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from starlette.datastructures import Headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import time
+from starlette.datastructures import Headers
 
 from gptoss_space.clientip import TrustedProxies, client_ip, client_of, forwarded_for, identity, parse_ip
 from gptoss_space.settings import Settings

@@ -69,7 +69,7 @@ class Run:
         self.error = e
         self.done.set()
 
-    def wait(self, timeout: float = 120) -> "Run":
+    def wait(self, timeout: float = 120) -> Run:
         assert self.done.wait(timeout), "the engine never finished this request"
         return self
 

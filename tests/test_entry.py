@@ -279,7 +279,7 @@ def test_page_calls_nobody_reads_stop_generating_and_free_their_slots():
     backend = EndlessBackend()
     app = create_app(make_settings(), backend=backend)
     with LiveServer(app, ready_path="/api") as server, Watch(server):
-        for i in range(4):
+        for _i in range(4):
             r = httpx.post(server.url + "/gradio_api/call/chat", json={"data": chat_args(max_tokens=-1)}, timeout=10)
             assert r.status_code == 200 and r.json()["event_id"]  # and the result is never fetched
         t0 = time.monotonic()

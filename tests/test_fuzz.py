@@ -18,7 +18,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gptoss_space.errors import APIError
 from gptoss_space.gate import OpenGate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -110,7 +110,7 @@ def test_special_token_inside_a_message_is_dropped():
 
 # -- prompt rendering ---------------------------------------------------------------------------
 
-NOW = datetime(2026, 3, 7, 15, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 7, 15, 30, tzinfo=UTC)
 
 
 def test_render_matches_the_harmony_layout():

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.sseclient import content_of, parse_events, stream_events
+from tests.sseclient import content_of, stream_events
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 

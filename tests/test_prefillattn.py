@@ -44,5 +44,5 @@ def test_what_the_prefix_store_holds_is_not_shared_again():
 def test_a_prompt_never_copies_its_last_token():
     ps = [chat(SYSTEM, 0), chat(SYSTEM, 0)[:-1]]  # the second is a prefix of the first
     shares = shared_prefixes(ps, [0, 0])
-    for j, (lead, t) in shares.items():
+    for j, (_lead, t) in shares.items():
         assert t <= len(ps[j]) - 1

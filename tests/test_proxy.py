@@ -134,7 +134,7 @@ async def test_deltas_pass_through_as_they_arrive(upstream):
     upstream.enqueue(Reply(content=["a", "b", "c", "d", "e"], chunk_delay_s=0.15))
     got: list[float] = []
     async with proxy(upstream.url) as p:
-        async for d in p.stream(req()):
+        async for _d in p.stream(req()):
             got.append(time.monotonic())
     sent = [t for t, data in upstream.requests[0].sent if '"content": "' in data and '"content": ""' not in data]
     assert len(sent) == 5 and len(got) == 6

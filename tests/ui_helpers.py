@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gptoss_space.server import create_app
-from gptoss_space.ui import docs
 from gptoss_space.settings import Settings
+from gptoss_space.ui import docs
 from tests.fakes import ScriptedBackend
 from tests.servers import LiveServer
 

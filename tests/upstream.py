@@ -27,8 +27,9 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import pytest
 import uvicorn
@@ -79,12 +80,12 @@ class Reply:
         *,
         retry_after: float | str | None = None,
         shape: Literal["openai", "seed", "text"] = "openai",
-    ) -> "Reply":
+    ) -> Reply:
         ra = None if retry_after is None else str(retry_after)
         return cls(status=status, error=message, error_shape=shape, retry_after=ra)
 
     @classmethod
-    def completion(cls, content: str = "Hello world", **kw: Any) -> "Reply":
+    def completion(cls, content: str = "Hello world", **kw: Any) -> Reply:
         """A plain JSON chat.completion (what an upstream sends when it ignores stream: true)."""
         return cls(content=[content], as_json=True, **kw)
 
@@ -135,7 +136,7 @@ class Upstream:
         self._stopping: asyncio.Event | None = None
 
     # -- scripting and inspection -------------------------------------------------------------
-    def enqueue(self, *replies: Reply) -> "Upstream":
+    def enqueue(self, *replies: Reply) -> Upstream:
         self.queue.extend(replies)
         return self
 
@@ -166,7 +167,7 @@ class Upstream:
         return True
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -217,7 +218,7 @@ class Upstream:
         await asyncio.gather(*tasks, return_exceptions=True)
         sock.close()
 
-    def __enter__(self) -> "Upstream":
+    def __enter__(self) -> Upstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -277,7 +278,7 @@ async def _pause(seconds: float, gone: asyncio.Event) -> bool:
         return gone.is_set()
     try:
         await asyncio.wait_for(gone.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     return gone.is_set()
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -56,7 +57,7 @@ class Backend(Protocol):
         """Generate. Raises errors.APIError subclasses; closing the iterator cancels generation."""
 
 
-def make_backend(settings: "Settings") -> Backend:
+def make_backend(settings: Settings) -> Backend:
     if settings.backend == "proxy":
         from .proxy import ProxyBackend
 

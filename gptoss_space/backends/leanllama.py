@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from .kvcache import PrefixStore, RowCache
+from .llamaweights import LlamaWeights, config_supported
 from .packedlinear import PackedLinear, can_pack
 from .prefillattn import BatchedPrefill, ColumnCopy, offset_causal, shared_prefixes
-from .llamaweights import LlamaWeights, config_supported
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class LlamaRunner:
                 x = layer.o.add(batch.attend(self, c, li, qk), x)
                 x = self._mlp(layer, x)
                 continue
-            for (row, a, fresh), o0 in zip(spans, offsets):
+            for (row, _, fresh), o0 in zip(spans, offsets):
                 kc[row, :, end - fresh : end] = qk[o0 : o0 + fresh, H:].transpose(0, 1)
                 vc[row, :, end - fresh : end] = qkv[o0 : o0 + fresh, H + KV :].transpose(0, 1)
             copy(kc, vc)

@@ -120,7 +120,7 @@ class LlamaWeights:
         return rope_cos_sin(self.inv_freq, self.attention_scaling, length, self.dtype)
 
     @classmethod
-    def from_model(cls, model) -> "LlamaWeights":
+    def from_model(cls, model) -> LlamaWeights:
         """A transformers LlamaForCausalLM's own tensors, and the inverse frequencies its forward uses.
 
         The model's inv_freq buffer, not one computed from the config: `model.to(bfloat16)` rounds
@@ -134,7 +134,7 @@ class LlamaWeights:
                    inv_freq=rotary.inv_freq, attention_scaling=rotary.attention_scaling)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, dtype: torch.dtype) -> "LlamaWeights":
+    def from_folder(cls, folder: str | Path, dtype: torch.dtype) -> LlamaWeights:
         """config.json (+ generation_config.json) and the safetensors weights, cast to `dtype`, on the CPU."""
         from safetensors.torch import load_file
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..errors import ContextLengthExceeded, GenerationFailed, ModelLoading
 from ..models import LoadProgress
-from ..zerogpu import spaces_module
 from ..settings import Settings
+from ..zerogpu import spaces_module
 from . import Delta, GenerationRequest
 from .openmp import release_pool
 from .sampling import Sampler

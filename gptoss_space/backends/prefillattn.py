@@ -64,7 +64,7 @@ class BatchedPrefill:
         c.k[li][self.rows, :, self.cols] = qk[: self.real, H:]
         c.v[li][self.rows, :, self.cols] = qkv[: self.real, H + KV :]
 
-    def attend(self, runner: "LlamaRunner", c: RowCache, li: int, qk: torch.Tensor) -> torch.Tensor:
+    def attend(self, runner: LlamaRunner, c: RowCache, li: int, qk: torch.Tensor) -> torch.Tensor:
         """Attention output [packed tokens (+ dummies), H * D] of layer li, after `write`."""
         H, D = runner.n_heads, runner.head_dim
         kc, vc = c.k[li], c.v[li]  # [rows, KV, capacity, D]

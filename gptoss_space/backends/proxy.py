@@ -13,7 +13,8 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -56,7 +57,7 @@ class ProxyBackend:
 
     kind = "proxy"
 
-    def __init__(self, settings: "Settings"):
+    def __init__(self, settings: Settings):
         url = settings.upstream_url.strip()
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise ValueError("GPTOSS_UPSTREAM_URL must be a full http(s) URL when GPTOSS_BACKEND=proxy")

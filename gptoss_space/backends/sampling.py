@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+
 @dataclass
 class Sampler:
     temperature: float = 0.8

@@ -8,14 +8,16 @@ import json
 import logging
 import math
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
 from ..errors import UpstreamError
 from . import Delta
 from .redact import clip
-from .upstreambody import MAX_ANSWER_BYTES, decoded, events as sse_events
+from .upstreambody import MAX_ANSWER_BYTES, decoded
+from .upstreambody import events as sse_events
 
 log = logging.getLogger(__name__)
 

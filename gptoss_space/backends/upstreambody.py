@@ -10,8 +10,8 @@ real answer; past one, the answer is abandoned with a 502 that names no internal
 from __future__ import annotations
 
 import zlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator
 
 import httpx
 

@@ -17,9 +17,8 @@ def build_ui(service, settings):
 def mount_ui(app: FastAPI, service, settings) -> FastAPI:
     import gradio as gr
 
-    from .theme import CSS, HEAD, make_theme
-
     from . import errors
+    from .theme import CSS, HEAD, make_theme
 
     blocks = build_ui(service, settings)
     # A flood of calls nobody reads is refused (503 "queue full") instead of stored: 3,000 grew the server to 1 GB.

@@ -4,9 +4,9 @@
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import gradio as gr
 from pydantic import ValidationError
