@@ -100,3 +100,12 @@ def raw_exchange(server, parts: list[bytes], *, gap_s: float = 0.0, source: str 
         except (TimeoutError, ConnectionResetError):
             pass
     return out
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB (the servers in tests run in it)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0

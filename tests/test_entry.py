@@ -18,19 +18,11 @@ import pytest
 from gptoss_space.server import create_app
 from tests.conftest import make_settings
 from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer, raw_exchange
+from tests.servers import LiveServer, raw_exchange, rss_mb
 
 HEALTH_BOUND_S = 1.0
 RSS_BOUND_MB = 200
 HI = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Watch:

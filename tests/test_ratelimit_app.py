@@ -15,7 +15,7 @@ from gptoss_space.backends import Delta
 from gptoss_space.server import create_app
 from tests.conftest import make_settings
 from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer
+from tests.servers import LiveServer, rss_mb
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -222,11 +222,6 @@ async def raw_post(port: int, source_ip: str, body: dict) -> tuple[int, dict, by
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, rest
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def _attack_600(port: int) -> list[tuple[int, dict, bytes]]:
     """In a process of its own, as an attacker would be: 600 requests at once from 600 loopback addresses."""
 
@@ -241,7 +236,7 @@ def test_600_identities_never_run_past_the_global_bound_and_the_rest_get_503():
     backend = TimedBackend(hold=1.5)
     app = create_app(make_settings(rate_limit_enabled=True, max_running=16, rate_limit_queue_total=64), backend=backend,
                      with_ui=False)
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     health_times, running = [], []
     with LiveServer(app, host="127.0.0.1") as server, ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         pool.submit(int).result()  # the attacker's process is up before the clock starts
@@ -262,5 +257,5 @@ def test_600_identities_never_run_past_the_global_bound_and_the_rest_get_503():
     assert json.loads(refused[0][1])["error"].startswith("Server busy")
     assert backend.max_running == 16 and max(running) <= 16
     assert max(health_times) < 1.0, max(health_times)  # other clients are served meanwhile
-    assert _rss_mb() - rss0 < 200  # the server runs in this process (the attacker does not)
-    assert _rss_mb() - rss0 < 200
+    assert rss_mb() - rss0 < 200  # the server runs in this process (the attacker does not)
+    assert rss_mb() - rss0 < 200

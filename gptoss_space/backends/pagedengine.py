@@ -57,7 +57,6 @@ class PagedEngine:
         self._cache_tokens, self._chunk_tokens = cache_tokens, chunk_tokens
         self._seqs: dict[str, object] = {}  # request id -> Sequence, until it finished
         self._seen: dict[str, int] = {}  # request id -> generated tokens already handed over
-        self._samplers: dict[str, Sampler] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._manager = None
@@ -82,7 +81,7 @@ class PagedEngine:
     def submit(self, seq) -> None:
         rid = f"r{next(self._ids)}"
         with self._lock:
-            self._seqs[rid], self._seen[rid], self._samplers[rid] = seq, 0, seq.sampler
+            self._seqs[rid], self._seen[rid] = seq, 0
         accepted = self._manager.add_request(
             list(seq.prompt_ids), request_id=rid, max_new_tokens=seq.max_new_tokens,
             streaming=True, eos_token_id=sorted(self.eos_ids),
@@ -116,7 +115,8 @@ class PagedEngine:
     def _sample(self, io, scores: torch.Tensor, output_ids: torch.Tensor) -> None:
         """Replaces ModelRunner._sample: the rows with a new token, in batch order, each by its own sampler."""
         rows = [fs.state.request_id for fs in io.requests_in_batch if fs.has_new_token]
-        samplers = [self._samplers.get(rid, self._greedy) for rid in rows]
+        seqs = [self._seqs.get(rid) for rid in rows]  # None: a row already finished or cancelled on our side
+        samplers = [seq.sampler if seq is not None else self._greedy for seq in seqs]
         tokens = choose(scores[0, : len(rows)], samplers)
         output_ids[0, : len(tokens)].copy_(torch.tensor(tokens, dtype=output_ids.dtype), non_blocking=False)
 
@@ -153,7 +153,6 @@ class PagedEngine:
     def _forget(self, rid: str) -> bool:
         with self._lock:
             self._seen.pop(rid, None)
-            self._samplers.pop(rid, None)
             return self._seqs.pop(rid, None) is not None
 
     def _scheduler(self):
