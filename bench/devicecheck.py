@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from . import servers
-from .client import new_client, wait_ready
+from bench import servers
+from bench.client import new_client, wait_ready
 
 PORT = 7911
 
@@ -50,7 +50,7 @@ def build(kind: str, folder: Path, scale: int) -> Path:
     from transformers import AutoTokenizer, GptOssForCausalLM, LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(servers.ROOT))
-    from tests.tiny_models import build_tiny_gpt_oss, offline_vocabulary
+    from tests.support.tiny_models import build_tiny_gpt_oss, offline_vocabulary
 
     # The tokenizer and the server's harmony need o200k_base.tiktoken: no network on a GPU machine here.
     offline_vocabulary(Path.home() / ".cache" / "gptoss-space" / "tiktoken")
@@ -129,7 +129,7 @@ def generate_figures(model_dir: Path, device: str, streams: int, tokens: int) ->
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gptoss_space.models import pick_dtype
+    from gptoss_space.backends.local.loading import pick_dtype
     from gptoss_space.settings import Settings
 
     dtype = pick_dtype(Settings(device=device), device)  # what the server picked

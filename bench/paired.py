@@ -17,8 +17,8 @@ import subprocess
 import sys
 import tempfile
 
-from . import servers
-from .client import run_concurrent, stream_chat
+from bench import servers
+from bench.client import run_concurrent, stream_chat
 
 
 class BaselineWorker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gptoss_space.prompting import PromptOptions, compose_messages, utc_now
-from gptoss_space.schemas import ChatMessage
+from gptoss_space.protocol.request import ChatMessage
 from gptoss_space.settings import Settings
 
 # Every measurement gets its own subjects, so no prompt repeats an earlier one: a server with a

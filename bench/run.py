@@ -21,9 +21,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import paired, servers
-from .client import run_concurrent, stream_chat, time_to_first_byte, wait_ready
-from .report import Report, ms, tps, x
+from bench import paired, servers
+from bench.client import run_concurrent, stream_chat, time_to_first_byte, wait_ready
+from bench.report import Report, ms, tps, x
 
 log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
@@ -50,10 +50,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 async def main(a: argparse.Namespace, report: Report) -> None:
     from transformers import AutoTokenizer
 
-    from gptoss_space.models import _cache_dir
+    from bench.prompts import prompt_set
+    from gptoss_space.backends.local.loading import _cache_dir
     from gptoss_space.settings import Settings
-
-    from .prompts import prompt_set
 
     settings = Settings(cache_dir=a.cache_dir) if a.cache_dir else Settings()
     cache_dir = str(settings.cache_dir)
@@ -148,7 +147,7 @@ def _machine(a, settings) -> dict:
                 break
     except OSError:
         pass
-    from gptoss_space.models import pick_dtype
+    from gptoss_space.backends.local.loading import pick_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -233,7 +232,7 @@ async def _measure_peers(a, report: Report, model_dir: str, sets: dict) -> dict:
     if why:
         report.note(f"llama.cpp: skipped, {why}.")
     else:
-        from gptoss_space.models import embedded_gguf_path
+        from gptoss_space.backends.local.loading import embedded_gguf_path
 
         print("peer: llama.cpp (llama-cpp-python server) ...", flush=True)
         gguf = str(embedded_gguf_path())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .schemas import ChatMessage
+from gptoss_space.protocol.request import ChatMessage
 
 
 @dataclass

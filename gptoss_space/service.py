@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from .backends import Backend, Delta, GenerationRequest
-from .errors import GenerationTimeout, InvalidRequest, ModelLoading
-from .gate import Ticket
-from .prompting import PromptOptions, compose_messages, utc_now
-from .schemas import ChatRequest
+from gptoss_space.backends.base import Backend, Delta, GenerationRequest
+from gptoss_space.errors import GenerationTimeout, InvalidRequest, ModelLoading
+from gptoss_space.prompting import PromptOptions, compose_messages, utc_now
+from gptoss_space.protocol.request import ChatRequest
+from gptoss_space.ratelimit.gate import Ticket
 
 log = logging.getLogger(__name__)
 

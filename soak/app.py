@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
-from gptoss_space.backends import Delta, GenerationRequest
+from gptoss_space.backends.base import Delta, GenerationRequest
 from gptoss_space.errors import GenerationFailed
-from gptoss_space.server import create_app
-from gptoss_space.serving import uvicorn_options
+from gptoss_space.http.app import create_app
+from gptoss_space.http.serving import uvicorn_options
 from gptoss_space.settings import Settings
 
 log = logging.getLogger(__name__)

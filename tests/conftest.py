@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
 from gptoss_space.settings import Settings
-from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer
-from tests.tiny_models import offline_vocabulary
+from tests.support.fakes import ScriptedBackend
+from tests.support.servers import LiveServer
+from tests.support.tiny_models import offline_vocabulary
 
 # One converted-model cache for the whole run (and across runs on this machine): the first
 # conversion of the embedded GGUF takes ~20 s, later loads a few seconds.

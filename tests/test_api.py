@@ -8,13 +8,13 @@ import time
 import httpx
 import pytest
 
-from gptoss_space.backends import Delta
+from gptoss_space.backends.base import Delta
 from gptoss_space.errors import GenerationFailed
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
-from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer
-from tests.sseclient import content_of, parse_events, stream_events
+from tests.support.fakes import ScriptedBackend
+from tests.support.servers import LiveServer
+from tests.support.sse_client import content_of, parse_events, stream_events
 
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}]}
 

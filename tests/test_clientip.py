@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
-from gptoss_space.clientip import TrustedProxies, client_ip, client_of, forwarded_for, identity, parse_ip
+from gptoss_space.ratelimit.client_ip import TrustedProxies, client_ip, client_of, forwarded_for, identity, parse_ip
 from gptoss_space.settings import Settings
 
 # A deployment behind a LAN proxy that names loopback and every private range (what the default was).

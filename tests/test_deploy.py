@@ -10,7 +10,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from gptoss_space import deploy
+from tools import deploy
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_METHODS = ["create_repo", "add_space_variable", "request_space_hardware", "upload_folder", "create_commit", "whoami"]
@@ -63,9 +63,9 @@ def test_dry_run_of_this_project_is_offline_and_lists_the_app(offline, capsys):
     assert deploy.main(["--space", "someone/gpt-oss-demo", "--dry-run"]) == 0
     out = capsys.readouterr().out
     files = _listed(out)
-    for expected in ["app.py", "requirements.txt", "gptoss_space/__init__.py", "gptoss_space/harmony.py", "gptoss_space/settings.py"]:
+    for expected in ["app.py", "requirements.txt", "gptoss_space/__init__.py", "gptoss_space/backends/local/harmony.py", "gptoss_space/settings.py"]:
         assert expected in files
-    assert not any(f.startswith((".venv/", ".git/", "tests/")) or "__pycache__" in f or f.endswith(".pyc") for f in files)
+    assert not any(f.startswith((".venv/", ".git/", "tests/", "tools/", "bench/")) or "__pycache__" in f or f.endswith(".pyc") for f in files)
     assert "GPTOSS_MODEL=openai/gpt-oss-20b" in out
     assert "Hardware: zero-a10g" in out
     assert "Dry run: nothing was sent." in out

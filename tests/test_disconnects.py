@@ -11,7 +11,7 @@ import pytest
 
 from soak.app import build
 from tests.conftest import make_settings
-from tests.servers import LiveServer
+from tests.support.servers import LiveServer
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ class EndlessBackend:
         return {"backend": "scripted"}
 
     async def stream(self, req):
-        from gptoss_space.backends import Delta
+        from gptoss_space.backends.base import Delta
 
         self.started += 1
         try:
@@ -206,7 +206,7 @@ def test_a_client_that_stops_reading_frees_its_generation_after_the_write_timeou
     """Before: a stream nobody read kept its generation (a batch row) until max_tokens."""
     import socket
 
-    from gptoss_space.server import create_app
+    from gptoss_space.http.app import create_app
 
     backend = EndlessBackend()
     app = create_app(make_settings(stream_write_timeout_s=1.0), backend=backend, with_ui=False)

@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gptoss_space.hubfiles import files_to_load
-from gptoss_space.models import LoadProgress, load_model
+from gptoss_space.backends.local.hub_files import files_to_load
+from gptoss_space.backends.local.loading import LoadProgress, load_model
 from tests.conftest import make_settings
-from tests.servers import LiveServer
-from tests.tiny_models import build_tiny_gpt_oss
+from tests.support.servers import LiveServer
+from tests.support.tiny_models import build_tiny_gpt_oss
 
 # openai/gpt-oss-20b's files as the Hub lists them.
 GPT_OSS_20B = [

@@ -14,10 +14,10 @@ import time
 import pytest
 import torch
 
-from gptoss_space.backends import leanllama
-from gptoss_space.backends.engine import Engine, Sequence, _groups
-from gptoss_space.backends.sampling import Sampler, _nucleus, choose
-from gptoss_space.models import load_model
+from gptoss_space.backends.local.engine import Engine, Sequence, _groups
+from gptoss_space.backends.local.loading import load_model
+from gptoss_space.backends.local.runners import llama_runner
+from gptoss_space.backends.local.sampling import Sampler, _nucleus, choose
 from tests.conftest import make_settings
 
 MAX_NEW = 8
@@ -86,7 +86,7 @@ def runner(request):
 
 
 def test_lean_runner_is_chosen_for_the_embedded_model(bf16):
-    assert leanllama.supports(bf16.model)
+    assert llama_runner.supports(bf16.model)
     assert type(engine_for(bf16, "auto").runner).__name__ == "LlamaRunner"
     assert type(engine_for(bf16, "transformers").runner).__name__ == "HFRunner"
 
@@ -285,10 +285,10 @@ def test_a_prefix_new_prompts_share_is_computed_once(fp32):
     ps = [tok.apply_chat_template([system, {"role": "user", "content": q}], add_generation_prompt=True, return_dict=True)["input_ids"] for q in QUESTIONS]
     shared = len(os.path.commonprefix(ps))
     assert shared > 30
-    plain = leanllama.LlamaRunner(fp32.model, max_batch_size=8, max_context=2048, prefix_entries=0)
+    plain = llama_runner.LlamaRunner(fp32.model, max_batch_size=8, max_context=2048, prefix_entries=0)
     expected = plain.prefill(ps)
     assert plain.last_fresh == sum(map(len, ps))
-    runner = leanllama.LlamaRunner(fp32.model, max_batch_size=8, max_context=2048)
+    runner = llama_runner.LlamaRunner(fp32.model, max_batch_size=8, max_context=2048)
     got = runner.prefill(ps)
     # The shared part once, then each row's own rest; the rows (and nothing else) are in the cache.
     assert runner.last_fresh == shared + sum(len(p) - shared for p in ps)

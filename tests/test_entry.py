@@ -15,10 +15,10 @@ import time
 import httpx
 import pytest
 
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
-from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer, raw_exchange, rss_mb
+from tests.support.fakes import ScriptedBackend
+from tests.support.servers import LiveServer, raw_exchange, rss_mb
 
 HEALTH_BOUND_S = 1.0
 RSS_BOUND_MB = 200

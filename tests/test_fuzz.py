@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptoss_space.errors import APIError
-from gptoss_space.gate import OpenGate
-from gptoss_space.schemas import parse_body, validate_request
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
+from gptoss_space.protocol.request import parse_body, validate_request
+from gptoss_space.ratelimit.gate import OpenGate
 from gptoss_space.service import ChatService
 from tests.conftest import make_settings
-from tests.fakes import ScriptedBackend
+from tests.support.fakes import ScriptedBackend
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 TRIED: Counter = Counter()

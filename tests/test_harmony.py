@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gptoss_space.harmony import HarmonyParser, harmony_encoding, render_harmony_ids, render_harmony_prompt
+from gptoss_space.backends.local.harmony import HarmonyParser, harmony_encoding, render_harmony_ids, render_harmony_prompt
 
 CONTROL_IDS = set(range(200002, 200013))  # <|return|> .. <|call|>
 _MARKUP = re.compile(r"(<\|[a-z0-9_]+\|>)")
@@ -192,7 +192,7 @@ def test_unknown_role_is_refused():
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
-    from tests.tiny_models import build_tiny_gpt_oss
+    from tests.support.tiny_models import build_tiny_gpt_oss
 
     root = tmp_path_factory.mktemp("tiny-gpt-oss")
     return build_tiny_gpt_oss(root / "random"), build_tiny_gpt_oss(root / "scripted", scripted=True)
@@ -211,7 +211,7 @@ def _generate(directory, prompt_ids: list[int], max_new_tokens: int, **kwargs) -
 def test_tiny_tokenizer_is_o200k_harmony(tiny_dirs):
     from transformers import AutoTokenizer
 
-    from tests.tiny_models import HARMONY_SPECIAL_IDS
+    from tests.support.tiny_models import HARMONY_SPECIAL_IDS
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[0])
     assert len(tokenizer) == 201088 and tokenizer.eos_token == "<|return|>"
@@ -229,7 +229,7 @@ def test_tiny_random_model_loads_generates_and_never_leaks_markup(tiny_dirs):
 
 
 def test_tiny_scripted_model_writes_the_harmony_script(tiny_dirs):
-    from tests.tiny_models import SCRIPT_CONTENT, SCRIPT_REASONING, SCRIPTED_OUTPUT, script_ids
+    from tests.support.tiny_models import SCRIPT_CONTENT, SCRIPT_REASONING, SCRIPTED_OUTPUT, script_ids
 
     _, scripted_dir = tiny_dirs
     history = [

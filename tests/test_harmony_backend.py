@@ -5,12 +5,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gptoss_space.schemas import validate_request
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
+from gptoss_space.protocol.request import validate_request
 from tests.conftest import make_settings
-from tests.servers import LiveServer
-from tests.sseclient import parse_events
-from tests.tiny_models import MARKUP_REASONING, SCRIPT_CONTENT, SCRIPT_REASONING, build_tiny_gpt_oss
+from tests.support.servers import LiveServer
+from tests.support.sse_client import parse_events
+from tests.support.tiny_models import MARKUP_REASONING, SCRIPT_CONTENT, SCRIPT_REASONING, build_tiny_gpt_oss
 
 Q = {"messages": [{"role": "user", "content": "Hello!"}]}
 

@@ -21,16 +21,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gptoss_space.backends.engine import make_runner
-from gptoss_space.backends.leanllama import LlamaRunner, supports
-from gptoss_space.backends.leanload import unsupported
-from gptoss_space.backends.llamaweights import LlamaWeights, llama_config, rope_cos_sin, rope_inv_freq
-from gptoss_space.backends.textstream import IncrementalDecoder
-from gptoss_space.chattokenizer import ChatTokenizer
-from gptoss_space.models import load_model
-from gptoss_space.server import create_app
+from gptoss_space.backends.local.chat_tokenizer import ChatTokenizer
+from gptoss_space.backends.local.engine import make_runner
+from gptoss_space.backends.local.loading import load_model
+from gptoss_space.backends.local.runners.llama_loading import unsupported
+from gptoss_space.backends.local.runners.llama_runner import LlamaRunner, supports
+from gptoss_space.backends.local.runners.llama_weights import LlamaWeights, llama_config, rope_cos_sin, rope_inv_freq
+from gptoss_space.backends.local.textstream import IncrementalDecoder
+from gptoss_space.http.app import create_app
 from tests.conftest import MODEL_CACHE, make_settings
-from tests.servers import LiveServer
+from tests.support.servers import LiveServer
 
 ROPES = {
     "default": {"rope_type": "default", "rope_theta": 10000.0},
@@ -153,7 +153,7 @@ def test_client_markup_is_text_in_both_tokenizers(embedded_tokenizers):
 def test_template_literal_tokens_count_as_control_tokens(tmp_path):
     from transformers import AutoTokenizer
 
-    from tests.tiny_models import build_tokenizer
+    from tests.support.tiny_models import build_tokenizer
 
     tok = build_tokenizer()
     tok.add_tokens(["[TURN]", "[unused]"])  # added, not special: only "[TURN]" is in the template
@@ -170,7 +170,7 @@ def test_template_literal_tokens_count_as_control_tokens(tmp_path):
 def test_a_rich_template_renders_as_transformers_does(tmp_path):
     from transformers import AutoTokenizer
 
-    from tests.tiny_models import build_small_tokenizer
+    from tests.support.tiny_models import build_small_tokenizer
 
     tok = build_small_tokenizer()
     tok.chat_template = RICH_TEMPLATE
@@ -228,7 +228,7 @@ def test_rope_tables_equal_transformers(name, dtype):
 def save_tiny_llama(folder: Path, *, tied: bool, rope: str, seed: int = 0, shard: bool = False) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny_models import build_small_tokenizer
+    from tests.support.tiny_models import build_small_tokenizer
 
     torch.manual_seed(seed)
     tok = build_small_tokenizer()
@@ -383,8 +383,8 @@ def test_a_server_on_the_lean_path_reports_and_answers_like_the_transformers_one
 def test_a_fresh_process_serves_without_importing_transformers_or_gradio(embedded):
     script = textwrap.dedent(f"""
         import asyncio, json, sys
-        from gptoss_space.backends import GenerationRequest
-        from gptoss_space.backends.local import LocalBackend
+        from gptoss_space.backends.base import GenerationRequest
+        from gptoss_space.backends.local.backend import LocalBackend
         from gptoss_space.settings import Settings
 
         async def main():

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from gptoss_space.errors import ContextLengthExceeded
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
-from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer, raw_exchange
+from tests.support.fakes import ScriptedBackend
+from tests.support.servers import LiveServer, raw_exchange
 
 USER = {"role": "user", "content": "hi"}
 
@@ -175,8 +175,8 @@ def test_stuck_generation_ends_with_504_or_an_error_event_and_the_next_request_i
 
 
 def test_stuck_upstream_ends_with_an_error_event_and_the_next_request_is_served():
-    from gptoss_space.backends.proxy import ProxyBackend
-    from tests.upstream import Reply, Upstream
+    from gptoss_space.backends.proxy.backend import ProxyBackend
+    from tests.support.upstream import Reply, Upstream
 
     with Upstream(Reply(content=["a", "b", "c"], stall_after=1), default=Reply(content=["fine"])) as up:
         settings = make_settings(backend="proxy", upstream_url=up.url, upstream_read_timeout_s=30, request_timeout_s=0.5)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gptoss_space.backends.local import LocalBackend
-from gptoss_space.models import (
+from gptoss_space.backends.local.backend import LocalBackend
+from gptoss_space.backends.local.loading import (
     LoadProgress,
     embedded_gguf_path,
     load_model,

@@ -46,7 +46,7 @@ def _run(script: str) -> str:
 def test_release_pool_stops_the_calling_threads_workers_and_a_new_op_starts_them_again():
     out = _run(
         """
-        from gptoss_space.backends.openmp import release_pool
+        from gptoss_space.backends.local.openmp import release_pool
         base = threads()
         parallel_op()
         with_pool = threads()
@@ -68,8 +68,8 @@ def test_after_start_up_neither_the_loop_thread_nor_the_loader_thread_keeps_a_po
     out = _run(
         """
         from tests.conftest import make_settings
-        from gptoss_space.backends import GenerationRequest
-        from gptoss_space.backends.local import LocalBackend
+        from gptoss_space.backends.base import GenerationRequest
+        from gptoss_space.backends.local.backend import LocalBackend
 
         async def main():
             backend = LocalBackend(make_settings(torch_threads=2))

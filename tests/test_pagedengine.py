@@ -14,13 +14,13 @@ import httpx
 import pytest
 import torch
 
-from gptoss_space.backends.pagedengine import PagedEngine
-from gptoss_space.backends.sampling import Sampler
-from gptoss_space.server import create_app
+from gptoss_space.backends.local.paged_engine import PagedEngine
+from gptoss_space.backends.local.sampling import Sampler
+from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
-from tests.servers import LiveServer
+from tests.support.servers import LiveServer
+from tests.support.tiny_models import build_tiny_gpt_oss
 from tests.test_engine import Run
-from tests.tiny_models import build_tiny_gpt_oss
 
 NEW = 12
 

@@ -7,12 +7,12 @@ import asyncio
 import httpx
 import pytest
 
-from gptoss_space import pagemount
-from gptoss_space.pagemount import PageMount
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
+from gptoss_space.ui import mount
+from gptoss_space.ui.mount import PageMount
 from tests.conftest import make_settings
-from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer
+from tests.support.fakes import ScriptedBackend
+from tests.support.servers import LiveServer
 
 
 def test_page_is_mounted_in_the_background_and_api_answers_meanwhile():
@@ -83,7 +83,7 @@ def test_a_long_backend_start_still_gets_the_page(monkeypatch):
     """A start that takes longer than BACKEND_WAIT_S (a Hub download) does not hold the page back."""
     events: list[str] = []
     record_mounts(monkeypatch, events)
-    monkeypatch.setattr(pagemount, "BACKEND_WAIT_S", 0.3)
+    monkeypatch.setattr(mount, "BACKEND_WAIT_S", 0.3)
     app = create_app(make_settings(), backend=SlowStartBackend(events, delay=None))
     with LiveServer(app) as server:
         server.ready_path = "/api"

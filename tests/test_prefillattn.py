@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptoss_space.backends.prefillattn import shared_prefixes
+from gptoss_space.backends.local.runners.prefill_attention import shared_prefixes
 
 SYSTEM = list(range(100, 140))  # a 40-token system prompt
 OTHER = list(range(500, 530))

@@ -12,12 +12,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gptoss_space.backends import Delta, GenerationRequest
-from gptoss_space.backends.proxy import ProxyBackend, upstream_host
-from gptoss_space.backends.sseparse import error_message, parse_retry_after
+from gptoss_space.backends.base import Delta, GenerationRequest
+from gptoss_space.backends.proxy.backend import ProxyBackend, upstream_host
+from gptoss_space.backends.proxy.sse_parse import error_message, parse_retry_after
 from gptoss_space.errors import UpstreamError, UpstreamRejected
 from gptoss_space.settings import Settings
-from tests.upstream import Reply, Upstream, closed_port_url, upstream  # noqa: F401  (upstream: fixture)
+from tests.support.upstream import Reply, Upstream, closed_port_url, upstream  # noqa: F401  (upstream: fixture)
 
 KEY = "sk-test-S3CRET-key"
 
@@ -418,7 +418,7 @@ def test_retry_after_parsing():
 
 def test_importing_the_proxy_backend_does_not_import_torch():
     code = (
-        "import sys, gptoss_space.backends.proxy as p; "
+        "import sys, gptoss_space.backends.proxy.backend as p; "
         "p.ProxyBackend; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"

@@ -14,11 +14,11 @@ import httpx
 import openai
 import pytest
 
-from gptoss_space.server import create_app
+from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
-from tests.servers import LiveServer
-from tests.sseclient import content_of, stream_events
-from tests.upstream import Reply, Upstream, closed_port_url
+from tests.support.servers import LiveServer
+from tests.support.sse_client import content_of, stream_events
+from tests.support.upstream import Reply, Upstream, closed_port_url
 
 KEY = "sk-test-secret"
 MODEL = "gpt-oss-20b"
@@ -282,7 +282,7 @@ def test_health_shows_the_upstream_host_and_no_answer_shows_the_key(up, proxy):
 
 def test_proxy_mode_imports_neither_torch_nor_transformers():
     code = (
-        "import sys; from gptoss_space.server import create_app; from gptoss_space.settings import Settings; "
+        "import sys; from gptoss_space.http.app import create_app; from gptoss_space.settings import Settings; "
         "s = Settings(backend='proxy', upstream_url='http://127.0.0.1:9/v1/chat/completions'); "
         "heavy = lambda: [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "create_app(s, with_ui=False); assert not heavy(), ('api', heavy()); "

@@ -18,7 +18,7 @@ import zlib
 import pytest
 
 from gptoss_space.errors import UpstreamError
-from tests.rawupstream import RawUpstream, chunk, delta, sse_answer
+from tests.support.raw_upstream import RawUpstream, chunk, delta, sse_answer
 from tests.test_proxy import collect, proxy, req, text
 
 KEY = "sk-wire-key-0123456789"

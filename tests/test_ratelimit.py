@@ -13,8 +13,8 @@ import tracemalloc
 import pytest
 
 from gptoss_space.errors import APIError, Overloaded, RateLimited
-from gptoss_space.gate import OpenGate, Ticket, refusal_headers
-from gptoss_space.ratelimit import FifoGate, make_gate
+from gptoss_space.ratelimit.fifo import FifoGate, make_gate
+from gptoss_space.ratelimit.gate import OpenGate, Ticket, refusal_headers
 from gptoss_space.settings import Settings
 
 

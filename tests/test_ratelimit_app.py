@@ -11,11 +11,11 @@ from multiprocessing import get_context
 import httpx
 import pytest
 
-from gptoss_space.backends import Delta
-from gptoss_space.server import create_app
+from gptoss_space.backends.base import Delta
+from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
-from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer, rss_mb
+from tests.support.fakes import ScriptedBackend
+from tests.support.servers import LiveServer, rss_mb
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from gptoss_space.settings_doc import settings_table
+from tools.settings_doc import settings_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_settings_table_is_current():
     text = README.read_text()
     block = text.split("<!-- settings:start -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
-    assert block.strip() == settings_table().strip(), "run: python -m gptoss_space.settings_doc --write"
+    assert block.strip() == settings_table().strip(), "run: python -m tools.settings_doc --write"
 
 
 def test_readme_shows_the_two_commands():

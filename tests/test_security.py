@@ -8,12 +8,12 @@ import time
 import httpx
 import pytest
 
-from gptoss_space.backends.proxy import ProxyBackend
-from gptoss_space.server import create_app
+from gptoss_space.backends.proxy.backend import ProxyBackend
+from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
-from tests.fakes import ScriptedBackend
-from tests.servers import LiveServer
-from tests.upstream import Reply, Upstream
+from tests.support.fakes import ScriptedBackend
+from tests.support.servers import LiveServer
+from tests.support.upstream import Reply, Upstream
 
 KEY = "sk-upstream-S3CRET-7f3a"
 HF = "hf_S3CRETtokenABCDEF"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gptoss_space.backends.textstream import StopMatcher
+from gptoss_space.backends.local.textstream import StopMatcher
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

@@ -11,13 +11,13 @@ import time
 import httpx
 import pytest
 
-from gptoss_space.backends import Delta
+from gptoss_space.backends.base import Delta
 from gptoss_space.errors import GenerationFailed, Overloaded, RateLimited
 from gptoss_space.ui import docs
 from gptoss_space.ui.chat import THINKING, friendly, history_messages
 from gptoss_space.ui.parameters import field_range
-from tests.servers import LiveServer
-from tests.ui_helpers import (  # noqa: F401  (fixtures)
+from tests.support.servers import LiveServer
+from tests.support.ui_helpers import (  # noqa: F401  (fixtures)
     FRAME_HTML,
     UI_CAP,
     bot_text,

@@ -7,8 +7,8 @@ import types
 
 import pytest
 
+from gptoss_space.backends.local.zerogpu import duration_for_tokens, gpu_task, spaces_module
 from gptoss_space.settings import Settings
-from gptoss_space.zerogpu import duration_for_tokens, gpu_task, spaces_module
 
 
 def generate(prompt: str, max_tokens: int | None = None) -> str:

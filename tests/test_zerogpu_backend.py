@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from gptoss_space.backends import GenerationRequest
-from gptoss_space.backends.local import LocalBackend
-from gptoss_space.backends.zerorun import ZeroGPURunner
+from gptoss_space.backends.base import GenerationRequest
+from gptoss_space.backends.local.backend import LocalBackend
+from gptoss_space.backends.local.zerogpu_runner import ZeroGPURunner
 from tests.conftest import make_settings
 from tests.test_zerogpu import FakeSpaces
 
@@ -18,8 +18,8 @@ def fake_spaces(monkeypatch):
     """`spaces` as ZeroGPU has it, found by the two places that look for it (nothing else patched)."""
     module = FakeSpaces()
     found = lambda settings: module if settings.zero_gpu else None  # noqa: E731
-    monkeypatch.setattr("gptoss_space.zerogpu.spaces_module", found)
-    monkeypatch.setattr("gptoss_space.backends.local.spaces_module", found)
+    monkeypatch.setattr("gptoss_space.backends.local.zerogpu.spaces_module", found)
+    monkeypatch.setattr("gptoss_space.backends.local.backend.spaces_module", found)
     return module
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]

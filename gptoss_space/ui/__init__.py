@@ -9,7 +9,7 @@ PROGRESS_IDLE_POLL_S = 0.05  # Gradio's default 0.01
 
 
 def build_ui(service, settings):
-    from .page import build_ui as build
+    from gptoss_space.ui.page import build_ui as build
 
     return build(service, settings)
 
@@ -17,8 +17,8 @@ def build_ui(service, settings):
 def mount_ui(app: FastAPI, service, settings) -> FastAPI:
     import gradio as gr
 
-    from . import errors
-    from .theme import CSS, HEAD, make_theme
+    from gptoss_space.ui import errors
+    from gptoss_space.ui.theme import CSS, HEAD, make_theme
 
     blocks = build_ui(service, settings)
     # A flood of calls nobody reads is refused (503 "queue full") instead of stored: 3,000 grew the server to 1 GB.

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import gradio as gr
 from pydantic import ValidationError
 
-from ..clientip import TrustedProxies, client_of
-from ..errors import (
+from gptoss_space.errors import (
     APIError,
     ContextLengthExceeded,
     GenerationTimeout,
@@ -21,9 +20,10 @@ from ..errors import (
     Overloaded,
     RateLimited,
 )
-from ..schemas import ChatMessage
-from .errors import record
-from .parameters import DEFAULT_EFFORT, ChatParams, ParameterControls
+from gptoss_space.protocol.request import ChatMessage
+from gptoss_space.ratelimit.client_ip import TrustedProxies, client_of
+from gptoss_space.ui.errors import record
+from gptoss_space.ui.parameters import DEFAULT_EFFORT, ChatParams, ParameterControls
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..errors import (
+from gptoss_space.errors import (
     GenerationFailed,
     GenerationTimeout,
     InvalidRequest,
@@ -16,10 +16,10 @@ from ..errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from ..schemas import MISSING_MESSAGES, chunk_body, completion_body, usage_body
-from ..sse import DONE, to_sse
-from .parameters import field_range
-from .snippets import HELLO, STORY, Snippet, snippet, snippets  # noqa: F401  (the docs' public surface)
+from gptoss_space.protocol.request import MISSING_MESSAGES, chunk_body, completion_body, usage_body
+from gptoss_space.protocol.sse import DONE, to_sse
+from gptoss_space.ui.parameters import field_range
+from gptoss_space.ui.snippets import HELLO, STORY, Snippet, snippet, snippets  # noqa: F401  (the docs' public surface)
 
 PLACEHOLDER_BASE = "http://this-server"
 _HOST = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from . import docs
+from gptoss_space.ui import docs
 
 log = logging.getLogger(__name__)
 

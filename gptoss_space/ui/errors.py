@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import APIError, NotFound
+from gptoss_space.errors import APIError, NotFound
 
 STATE_KEY = "gptoss_page_error"
 

@@ -6,11 +6,11 @@ import logging
 
 import gradio as gr
 
-from . import docs
-from .chat import build_chat
-from .docs_tab import build_docs
-from .parameters import build_parameters, effort_note
-from .theme import header_html
+from gptoss_space.ui import docs
+from gptoss_space.ui.chat import build_chat
+from gptoss_space.ui.docs_tab import build_docs
+from gptoss_space.ui.parameters import build_parameters, effort_note
+from gptoss_space.ui.theme import header_html
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import gradio as gr
 from annotated_types import Ge, Gt, Le, Lt
 
-from ..errors import InvalidRequest
-from ..prompting import PromptOptions
-from ..schemas import ChatMessage, ChatRequest
-from ..settings import Settings
+from gptoss_space.errors import InvalidRequest
+from gptoss_space.prompting import PromptOptions
+from gptoss_space.protocol.request import ChatMessage, ChatRequest
+from gptoss_space.settings import Settings
 
 log = logging.getLogger(__name__)
 

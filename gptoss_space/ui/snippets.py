@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .docs import Facts
+    from gptoss_space.ui.docs import Facts
 
 HELLO = "Hello! Who created you?"
 STORY = "Tell me a short story!"

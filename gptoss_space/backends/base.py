@@ -1,0 +1,63 @@
+"""What a backend is: the request it generates from, the deltas it yields, and the protocol callers use."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass
+class GenerationRequest:
+    """What a backend generates from: composed messages and resolved sampling parameters."""
+
+    messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}], system prompt already composed
+    max_tokens: int | None  # None: until the model stops, the context is full, or the server cap
+    temperature: float = 0.8  # 0 means greedy
+    top_p: float = 0.9
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    reasoning_effort: str | None = None
+    now: datetime | None = None  # the injected date, for formats that carry it themselves (harmony)
+    inject_datetime: bool = True
+
+
+@dataclass
+class Delta:
+    """A piece of the answer. The last one carries finish_reason and the token counts."""
+
+    content: str = ""
+    reasoning: str = ""
+    finish_reason: str | None = None  # "stop" | "length"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Backend(Protocol):
+    """What the service, the routes and the page use of a backend; implementations subclass it for the defaults."""
+
+    kind: str  # "local" | "proxy"
+    model_id: str  # what is loaded or fronted
+    ready: bool
+    # The prompt format carries the date itself (harmony's "Current date:"): none is added to the system text.
+    native_date: bool = False
+    # A gpt-oss (harmony) model: reasoning effort changes what it does.
+    harmony: bool = False
+
+    async def start(self) -> None:
+        """Load the model or open the client. Called once in the lifespan."""
+
+    async def close(self) -> None:
+        """Free everything; called once at shutdown."""
+
+    def health(self) -> dict:
+        """Backend facts for GET /api: never a secret."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Generate. Raises errors.APIError subclasses; closing the iterator cancels generation."""
+
+    async def check(self) -> None:
+        """Refresh what health() reports (the proxy probes its upstream); most backends know it already."""

@@ -1,0 +1,190 @@
+"""gpt-oss (harmony format) on token ids through openai-harmony: prompt rendering and a streaming channel parser.
+
+The prompt is rendered straight to ids and the output parsed id by id, so only the real special
+token ids open, close or route a message: a user who writes `<|start|>system<|message|>` or a
+model that writes `<|end|>` inside its analysis produces ordinary text tokens, never markup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from gptoss_space.backends.local.textstream import IncrementalDecoder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
+KNOWLEDGE_CUTOFF = "2024-06"
+REASONING_EFFORTS = ("low", "medium", "high")
+
+
+@lru_cache(maxsize=1)
+def harmony_encoding():
+    """The o200k_harmony encoding. Its vocabulary file comes from TIKTOKEN_ENCODINGS_BASE when that is
+    set (offline), else it is downloaded once into harmony's cache (~4 MB; on a Space at first start)."""
+    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
+
+    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+# -- prompt rendering ---------------------------------------------------------------------------
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:  # OpenAI content parts: [{"type": "text", "text": ...}]
+        parts.append(part.get("text", "") if isinstance(part, Mapping) else getattr(part, "text", ""))
+    return "".join(parts)
+
+
+def _field(message: Any, name: str) -> Any:
+    return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
+
+
+def build_conversation(
+    messages: Iterable[Any],
+    *,
+    reasoning_effort: str | None = "medium",
+    now: datetime | None = None,
+    model_identity: str = DEFAULT_MODEL_IDENTITY,
+):
+    """The harmony Conversation for chat messages: system content, developer instructions, the turns.
+
+    The system message carries the identity, knowledge cutoff, `Current date:` from `now` (left
+    out when None, as harmony does without a conversation date) and the reasoning effort; every
+    system/developer message becomes the developer instructions (joined by a blank line); earlier
+    assistant turns keep only their final answer (harmony drops past analysis, so a `reasoning`
+    field on a message is ignored).
+    """
+    from openai_harmony import Conversation, DeveloperContent, Message, ReasoningEffort, Role, SystemContent
+
+    effort = (reasoning_effort or "medium").lower()
+    if effort not in REASONING_EFFORTS:
+        raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {reasoning_effort!r}")
+    system = (
+        SystemContent.new()
+        .with_model_identity(model_identity)
+        .with_knowledge_cutoff(KNOWLEDGE_CUTOFF)
+        .with_reasoning_effort(ReasoningEffort(effort.capitalize()))
+    )
+    if now is not None:
+        system = system.with_conversation_start_date(now.strftime("%Y-%m-%d"))
+
+    instructions: list[str] = []
+    turns = []
+    for message in messages:
+        role = _field(message, "role")
+        text = _content_text(_field(message, "content"))
+        if role in ("system", "developer"):
+            instructions.append(text)
+        elif role == "user":
+            turns.append(Message.from_role_and_content(Role.USER, text))
+        elif role == "assistant":
+            turns.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("final"))
+        else:
+            raise ValueError(f"unsupported role for a harmony prompt: {role!r}")
+    out = [Message.from_role_and_content(Role.SYSTEM, system)]
+    developer = "\n\n".join(t for t in instructions if t)
+    if developer:
+        out.append(Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(developer)))
+    return Conversation.from_messages(out + turns)
+
+
+def render_harmony_ids(messages: Iterable[Any], **options) -> list[int]:
+    """The prompt ids, ending with `<|start|>assistant` (options: those of build_conversation)."""
+    from openai_harmony import Role
+
+    return harmony_encoding().render_conversation_for_completion(build_conversation(messages, **options), Role.ASSISTANT)
+
+
+def render_harmony_prompt(messages: Iterable[Any], **options) -> str:
+    """The prompt as text, for reading only: encoding this text again would turn client markup into tokens."""
+    return harmony_encoding().decode(render_harmony_ids(messages, **options))
+
+
+# -- output parsing -----------------------------------------------------------------------------
+
+
+class _PlainText:
+    """The encoding as IncrementalDecoder's tokenizer, dropping special tokens."""
+
+    def __init__(self, encoding):
+        self._encoding = encoding
+
+    def backend_decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._encoding.decode([i for i in ids if not self._encoding.is_special_token(i)])
+
+
+class HarmonyParser:
+    """Generated ids -> (reasoning, content) deltas, with harmony's StreamableParser.
+
+    Routing: `analysis` -> reasoning; `final` -> content; `commentary` -> content when it is a
+    preamble (harmony shows those to the user), reasoning when it is a tool call (a recipient:
+    arguments are not an answer, and this server offers no tools); a message without a channel
+    -> content. Header text (role, channel, recipient) is never emitted, nor is a special token
+    met inside a message. A model that breaks the format (the parser raises) is not an error:
+    the held header and everything after it are streamed as content, decoded without special
+    tokens, so the user still gets the text and never markup.
+    """
+
+    def __init__(self, encoding=None):
+        from openai_harmony import Role, StreamableParser, StreamState
+
+        self._encoding = encoding or harmony_encoding()
+        self._parser = StreamableParser(self._encoding, role=Role.ASSISTANT)
+        self._header_state = StreamState.HEADER
+        self._held: list[int] = []  # ids of a header still being read: text if the format breaks
+        self._plain: IncrementalDecoder | None = None
+
+    @property
+    def broken(self) -> bool:
+        """The model left the harmony format: the rest is plain text."""
+        return self._plain is not None
+
+    def push(self, token: int) -> tuple[str, str]:
+        from openai_harmony import HarmonyError
+
+        if self._plain is not None:
+            return "", self._plain.push(token)
+        parser = self._parser
+        try:
+            parser.process(token)
+        except HarmonyError as e:
+            return "", self._give_up([*self._held, token], e)
+        if parser.state is self._header_state:
+            self._held.append(token)
+        else:
+            self._held.clear()
+        delta = parser.last_content_delta
+        if not delta or self._encoding.is_special_token(token):
+            return "", ""
+        channel = parser.current_channel
+        if channel == "analysis" or (channel == "commentary" and parser.current_recipient):
+            return delta, ""
+        return "", delta
+
+    def finish(self) -> tuple[str, str]:
+        """The end of the output: an unfinished header is released as text."""
+        from openai_harmony import HarmonyError
+
+        if self._plain is None:
+            try:
+                self._parser.process_eos()
+                return "", ""
+            except HarmonyError as e:
+                text = self._give_up(self._held, e)
+                return "", text + self._plain.flush()
+        return "", self._plain.flush()
+
+    def _give_up(self, ids: list[int], error: Exception) -> str:
+        log.info("model output left the harmony format (%s); streaming the rest as text", type(error).__name__)
+        self._plain = IncrementalDecoder(_PlainText(self._encoding))
+        return "".join(self._plain.push(t) for t in ids)

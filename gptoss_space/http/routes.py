@@ -1,0 +1,152 @@
+"""Thin routes: POST /api, /api/gpt-oss-2t, /v1/chat/completions; GET /api (health), /v1/models."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+
+from gptoss_space.errors import APIError, ErrorStyle, MethodNotAllowed, NotFound
+from gptoss_space.http.io import ClientGone, ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
+from gptoss_space.protocol.answer import collect, sse_events
+from gptoss_space.protocol.request import now_unix, parse_body, request_body_doc, validate_request
+from gptoss_space.protocol.sse import SSE_HEADERS, to_sse
+from gptoss_space.ratelimit.client_ip import TrustedProxies, client_of
+from gptoss_space.service import ChatService
+
+log = logging.getLogger(__name__)
+
+# 499: the client closed the connection (nginx's convention); nobody reads this answer.
+CLIENT_CLOSED = 499
+
+
+def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIRouter:
+    router = APIRouter()
+    shutdown = shutdown or Shutdown(0)
+    settings = service.settings
+    trusted = TrustedProxies.from_settings(settings)
+
+    async def chat(request: Request, *, style: ErrorStyle, stream_default: bool) -> Response:
+        try:
+            raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        body = validate_request(parse_body(raw, max_bytes=settings.max_body_bytes), stream_default=stream_default)
+        gen = service.build(body)
+        client = client_of(request, trusted)
+        request.state.client_id = client
+        if shutdown.begun is not None and shutdown.begun.done():
+            raise shutting_down()
+        try:
+            # Most requests may start at once: no task to race against the client leaving.
+            ticket = service.admit_now(client) or await until_disconnect(request, service.admit(client), stop=shutdown.begun)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        request.state.rate_headers = ticket.headers
+        deltas = service.generate(gen)
+        try:
+            if not body.stream:
+                answer = await until_disconnect(request, collect(deltas, service.model_name), stop=shutdown.over)
+                return JSONResponse(answer, headers=ticket.headers)
+            # The first delta before any byte: errors up to then (context too long, overload) keep their status.
+            first = await until_disconnect(request, anext(deltas, None), stop=shutdown.over)
+        except ClientGone:
+            await deltas.aclose()
+            ticket.release()
+            return Response(status_code=CLIENT_CLOSED)
+        except BaseException:
+            await deltas.aclose()
+            ticket.release()
+            raise
+        finally:
+            if not body.stream:
+                ticket.release()
+        events = sse_events(first, deltas, model=service.model_name, style=style, include_usage=body.include_usage)
+        return ReleasingStreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **ticket.headers},
+            on_close=ticket.release,
+            shutdown=shutdown,
+            farewell=to_sse(shutting_down().body(style)),
+            write_timeout=settings.stream_write_timeout_s,
+        )
+
+    body_doc = request_body_doc()
+
+    @router.post("/api", tags=["chat"], summary="Chat completion (seed contract; streams by default)", openapi_extra=body_doc)
+    @router.post("/api/gpt-oss-2t", tags=["chat"], summary="Alias of POST /api", openapi_extra=body_doc)
+    async def seed_chat(request: Request) -> Response:
+        return await chat(request, style="seed", stream_default=True)
+
+    @router.post("/v1/chat/completions", tags=["openai"], summary="OpenAI-compatible chat completion", openapi_extra=body_doc)
+    async def openai_chat(request: Request) -> Response:
+        return await chat(request, style="openai", stream_default=False)
+
+    @router.get("/api", tags=["health"], summary="Health check: status, model, backend, rate limits")
+    @router.get("/api/gpt-oss-2t", tags=["health"], summary="Alias of GET /api")
+    async def health(request: Request) -> JSONResponse:
+        backend = service.backend
+        check = getattr(backend, "check", None)
+        if check is not None:
+            await check()
+        info = backend.health()
+        status = "ok" if backend.ready else ("error" if info.get("load_error") else "loading")
+        if backend.ready and info.get("upstream_reachable") is False:
+            status = "degraded"  # we are up, but the upstream does not answer
+        body = {
+            "status": status,
+            "model": service.model_name,
+            "backend": backend.kind,
+            "details": info,
+            "page": page.state if (page := getattr(request.app.state, "page", None)) else "off",
+            "rate_limit": service.gate.stats(),
+            "usage": service.stats(),
+            "endpoints": ["POST /api", "POST /api/gpt-oss-2t", "POST /v1/chat/completions", "GET /v1/models"],
+        }
+        return JSONResponse(body, status_code=200 if backend.ready else 503)
+
+    def model_card() -> dict:
+        return {"id": service.model_name, "object": "model", "created": now_unix(), "owned_by": "gptoss-space"}
+
+    @router.get("/v1/models", tags=["openai"], summary="The model this server serves")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @router.get("/v1/models/{model_id:path}", tags=["openai"], summary="One model")
+    async def model(model_id: str) -> dict:
+        if model_id != service.model_name:
+            raise NotFound(f"The model '{model_id}' does not exist", param="model")
+        return model_card()
+
+    # Last: any other path or method under /api and /v1 gets our shape and status (404, or 405 with Allow),
+    # not the page's: Gradio, mounted at /, would otherwise answer every one of them {"detail":"Not Found"}.
+    @router.api_route("/api", methods=ANY_METHOD, include_in_schema=False)
+    @router.api_route("/api/{rest:path}", methods=ANY_METHOD, include_in_schema=False)
+    @router.api_route("/v1", methods=ANY_METHOD, include_in_schema=False)
+    @router.api_route("/v1/{rest:path}", methods=ANY_METHOD, include_in_schema=False)
+    async def unknown(request: Request) -> Response:
+        path = request.url.path
+        allow: set[str] = set()
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.endpoint is not unknown and route.path_regex.match(path):
+                allow |= route.methods or set()
+        if allow:
+            raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}", allow=sorted(allow))
+        raise NotFound(f"No route for {request.method} {path}")
+
+    return router
+
+
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def error_style(path: str) -> ErrorStyle:
+    return "openai" if path.startswith("/v1") else "seed"
+
+
+def error_response(request: Request, exc: APIError) -> JSONResponse:
+    headers = {**getattr(request.state, "rate_headers", {}), **exc.headers()}
+    return JSONResponse(exc.body(error_style(request.url.path)), status_code=exc.status, headers=headers)

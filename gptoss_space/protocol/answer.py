@@ -1,0 +1,87 @@
+"""Deltas into the wire formats: one JSON completion, or SSE chunks ending in [DONE]."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from gptoss_space.backends.base import Delta
+from gptoss_space.errors import APIError, ErrorStyle, GenerationFailed
+from gptoss_space.protocol.request import chunk_body, completion_body, new_completion_id, now_unix, usage_body
+from gptoss_space.protocol.sse import DONE, to_sse
+
+log = logging.getLogger(__name__)
+
+
+def _delta_fields(d: Delta) -> dict:
+    out: dict = {}
+    if d.reasoning:
+        # vLLM/Ollama clients read `reasoning`, llama.cpp/DeepSeek clients `reasoning_content`.
+        out["reasoning"] = out["reasoning_content"] = d.reasoning
+    if d.content:
+        out["content"] = d.content
+    return out
+
+
+async def collect(deltas: AsyncIterator[Delta], model: str) -> dict:
+    """Drain the stream into one chat.completion body (non-streaming is the stream drained)."""
+    content, reasoning, last = [], [], Delta(finish_reason="stop", prompt_tokens=0, completion_tokens=0)
+    async for d in deltas:
+        content.append(d.content)
+        reasoning.append(d.reasoning)
+        if d.finish_reason:
+            last = d
+    return completion_body(
+        id=new_completion_id(),
+        created=now_unix(),
+        model=model,
+        content="".join(content),
+        reasoning="".join(reasoning),
+        finish_reason=last.finish_reason,
+        usage=usage_body(last.prompt_tokens or 0, last.completion_tokens or 0),
+    )
+
+
+async def sse_events(
+    first: Delta | None, rest: AsyncIterator[Delta], *, model: str, style: ErrorStyle, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """SSE chunks with one id; an error after the start is sent as a data: {"error": …} event."""
+    cid, created = new_completion_id(), now_unix()
+    role_sent = False
+
+    def chunk(d: Delta) -> bytes | None:
+        nonlocal role_sent
+        fields = _delta_fields(d)
+        if not fields:
+            return None
+        if not role_sent:
+            fields = {"role": "assistant", **fields}
+            role_sent = True
+        return to_sse(chunk_body(id=cid, created=created, model=model, delta=fields))
+
+    async def deltas() -> AsyncIterator[Delta]:
+        if first is not None:
+            yield first
+        async for d in rest:
+            yield d
+
+    try:
+        async for d in deltas():
+            if (data := chunk(d)) is not None:
+                yield data
+            if d.finish_reason:
+                if not role_sent:  # an empty answer still says who spoke
+                    role_sent = True
+                    yield to_sse(chunk_body(id=cid, created=created, model=model, delta={"role": "assistant", "content": ""}))
+                yield to_sse(chunk_body(id=cid, created=created, model=model, finish_reason=d.finish_reason))
+                if include_usage:
+                    usage = usage_body(d.prompt_tokens or 0, d.completion_tokens or 0)
+                    yield to_sse(chunk_body(id=cid, created=created, model=model, usage=usage, with_choice=False))
+        yield DONE
+    except APIError as e:
+        yield to_sse(e.body(style))
+    except Exception:
+        log.exception("stream failed")
+        yield to_sse(GenerationFailed("Generation failed").body(style))
+    finally:
+        await rest.aclose()
