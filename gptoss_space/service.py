@@ -36,6 +36,45 @@ def _temperature(t: float) -> float:
     return 0.0 if t < MIN_SAMPLING_TEMPERATURE else t
 
 
+class Generation:
+    """One admitted request's answer: its deltas and its ticket. aclose() (or leaving `async with`) releases both.
+
+    It is the one place a ticket is released: whatever ends the answer (the last delta, an error, a client
+    that leaves, the shutdown's grace period) ends in aclose(), and a second aclose() does nothing.
+    """
+
+    def __init__(self, deltas: AsyncIterator[Delta], ticket: Ticket):
+        self._deltas = deltas
+        self.ticket = ticket
+        self._closed = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The rate-limit headers of the answer."""
+        return self.ticket.headers
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Delta:
+        return await anext(self._deltas)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._deltas.aclose()  # cancels generation if it still runs
+        finally:
+            self.ticket.release()
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+
 class ChatService:
     def __init__(self, settings, backend: Backend, gate):
         self.settings = settings
@@ -78,9 +117,8 @@ class ChatService:
             )
         options = options or self.default_options()
         now = utc_now()
-        native_date = bool(getattr(self.backend, "native_date", False))
         return GenerationRequest(
-            messages=compose_messages(chat.messages, options, now, date_in_text=not native_date),
+            messages=compose_messages(chat.messages, options, now, date_in_text=not self.backend.native_date),
             max_tokens=None if wanted == -1 else wanted,
             temperature=_temperature(s.default_temperature if chat.temperature is None else chat.temperature),
             top_p=s.default_top_p if chat.top_p is None else chat.top_p,
@@ -152,15 +190,17 @@ class ChatService:
             if self.settings.log_content:
                 log.info("prompt: %r answer: %r", req.messages[-1]["content"] if req.messages else "", "".join(answer))
 
+    def start(self, req: GenerationRequest, ticket: Ticket) -> Generation:
+        """The admitted request's generation: the handle every caller reads and closes."""
+        return Generation(self.generate(req), ticket)
+
     @asynccontextmanager
     async def session(self, chat: ChatRequest, client: str, options: PromptOptions | None = None):
-        """For callers without an HTTP response to hang the ticket on (the page): admit, generate, release."""
+        """For callers that wait in line inline (the page): bounds, admission, the generation, closed on exit."""
         req = self.build(chat, options)
-        ticket = await self.admit(client)
-        try:
-            yield ticket, self.generate(req)
-        finally:
-            ticket.release()
+        generation = self.start(req, await self.admit(client))
+        async with generation:
+            yield generation
 
     def stats(self) -> dict:
         u = self.usage

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
-from gptoss_space.backends.base import Delta, GenerationRequest
+from gptoss_space.backends.base import Backend, Delta, GenerationRequest
 from gptoss_space.errors import GenerationFailed
 from gptoss_space.http.app import create_app
 from gptoss_space.http.serving import uvicorn_options
@@ -65,7 +65,7 @@ class Plan:
         return plan
 
 
-class SoakBackend:
+class SoakBackend(Backend):
     """A Backend whose answers the prompt dictates; counts every stream's fate."""
 
     kind = "soak"

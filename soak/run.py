@@ -3,7 +3,7 @@
 `python -m soak.run` (what `make soak` runs): 2,000 requests from 200 client addresses, the fuzz
 suite at 10x its in-suite examples, and SIGTERM on the real model. Bounded in count and time;
 loopback only. Prints the figures and writes them to artifacts/soak.json; exits 1 on any problem.
-`tests/test_soak.py` runs run_load() small inside the suite.
+`tests/system/test_soak.py` runs run_load() small inside the suite.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=300)
-    parser.add_argument("--fuzz-scale", type=float, default=10, help="FUZZ_SCALE for tests/test_fuzz.py (0: skip)")
+    parser.add_argument("--fuzz-scale", type=float, default=10, help="FUZZ_SCALE for tests/system/test_fuzz.py (0: skip)")
     parser.add_argument("--no-model", action="store_true", help="skip the real-model SIGTERM check")
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "soak.json"))
     args = parser.parse_args(argv)
@@ -173,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.fuzz_scale:
         fuzz_out = Path(args.out).with_name("fuzz.json")
         fuzz_out.parent.mkdir(parents=True, exist_ok=True)
-        rc = run_pytest(["tests/test_fuzz.py"], {"FUZZ_SCALE": str(args.fuzz_scale), "FUZZ_REPORT": str(fuzz_out)})
+        rc = run_pytest(["tests/system/test_fuzz.py"], {"FUZZ_SCALE": str(args.fuzz_scale), "FUZZ_REPORT": str(fuzz_out)})
         tried = json.loads(fuzz_out.read_text()) if fuzz_out.exists() else {}
         report["fuzz"] = {"scale": args.fuzz_scale, "passed": rc == 0, "bodies_tried": tried, "total": sum(tried.values())}
         ok &= rc == 0
     if not args.no_model:
-        rc = run_pytest(["tests/test_shutdown.py", "tests/test_disconnects.py", "-k", "real_model"], {"GPTOSS_SOAK": "1"})
+        rc = run_pytest(["tests/system/test_shutdown.py", "tests/http/test_disconnects.py", "-k", "real_model"], {"GPTOSS_SOAK": "1"})
         report["real_model_shutdown"] = {"passed": rc == 0}
         ok &= rc == 0
     report["seconds"] = round(time.monotonic() - t0, 1)

@@ -46,3 +46,18 @@ def model_server():
     with LiveServer(app, ready_path="/api") as server:
         server.service = app.state.service
         yield server
+
+
+# Markers by what a test uses, so `make test-fast` can leave out the slow kinds (pytest -m "not slow and not browser").
+# slow: the real embedded model (loaded, or served); browser: chromium driving the page.
+SLOW_FIXTURES = {"model_server", "ui_server", "fp32", "bf16", "embedded", "gptoss_server", "gpt_oss", "tiny_dirs"}
+BROWSER_FIXTURES = {"browser", "open_page", "docs_page"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+        if used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)

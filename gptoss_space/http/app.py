@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from gptoss_space.backends import make_backend
 from gptoss_space.backends.base import Backend
@@ -16,7 +16,7 @@ from gptoss_space.errors import APIError, GenerationFailed, MethodNotAllowed, No
 from gptoss_space.http.access_log import AccessLog
 from gptoss_space.http.entry_guard import EntryGuard
 from gptoss_space.http.headers import StandardHeaders
-from gptoss_space.http.io import Shutdown
+from gptoss_space.http.io import ClientGone, Shutdown
 from gptoss_space.http.routes import build_router, error_response
 from gptoss_space.ratelimit.client_ip import TrustedProxies
 from gptoss_space.ratelimit.fifo import make_gate
@@ -25,6 +25,9 @@ from gptoss_space.settings import Settings
 from gptoss_space.ui.mount import PageMount
 
 log = logging.getLogger(__name__)
+
+# 499: the client closed the connection (nginx's convention); nobody reads this answer.
+CLIENT_CLOSED = 499
 
 EXPOSED_HEADERS = [
     "Retry-After",
@@ -93,6 +96,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(request, exc)
+
+    @app.exception_handler(ClientGone)
+    async def on_client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -173,7 +173,7 @@ async def until_disconnect(request: Request, work: Awaitable[T], stop: asyncio.F
 
 
 class ReleasingStreamingResponse(StreamingResponse):
-    """Frees the rate-limit slot and closes the body (cancelling generation) however the stream ends.
+    """Closes the body and awaits `on_close` (the generation's aclose: cancel, free the slot) however the stream ends.
 
     With a `shutdown`, a stream still running when its grace period ends is closed and
     `farewell` (an SSE error event) is sent in place of the rest: the body always ends cleanly.
@@ -215,7 +215,7 @@ class ReleasingStreamingResponse(StreamingResponse):
             if aclose is not None:
                 await aclose()
             if self._on_close is not None:
-                self._on_close()
+                await self._on_close()
 
     async def _stream_until_disconnect(self, receive, send) -> None:
         """Starlette's streaming for ASGI 2.3 servers (the body until the client leaves), on two plain asyncio

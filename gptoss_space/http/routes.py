@@ -9,18 +9,14 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from gptoss_space.errors import APIError, ErrorStyle, MethodNotAllowed, NotFound
-from gptoss_space.http.io import ClientGone, ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
-from gptoss_space.protocol.answer import collect, sse_events
+from gptoss_space.http.answer import answer
+from gptoss_space.http.io import Shutdown, read_body, shutting_down, until_disconnect
 from gptoss_space.protocol.request import now_unix, parse_body, request_body_doc, validate_request
-from gptoss_space.protocol.sse import SSE_HEADERS, to_sse
 from gptoss_space.ratelimit.client_ip import TrustedProxies, client_of
+from gptoss_space.ratelimit.gate import Ticket
 from gptoss_space.service import ChatService
 
 log = logging.getLogger(__name__)
-
-# 499: the client closed the connection (nginx's convention); nobody reads this answer.
-CLIENT_CLOSED = 499
-
 
 def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIRouter:
     router = APIRouter()
@@ -29,50 +25,25 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
     trusted = TrustedProxies.from_settings(settings)
 
     async def chat(request: Request, *, style: ErrorStyle, stream_default: bool) -> Response:
-        try:
-            raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
-        except ClientGone:
-            return Response(status_code=CLIENT_CLOSED)
+        """Read, validate, admit, answer. A client that leaves at any step gets ClientGone (499, nobody reads it)."""
+        raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
         body = validate_request(parse_body(raw, max_bytes=settings.max_body_bytes), stream_default=stream_default)
-        gen = service.build(body)
+        req = service.build(body)
+        ticket = await admit(request)
+        return await answer(
+            request, service.start(req, ticket), body, model=service.model_name, style=style,
+            shutdown=shutdown, write_timeout=settings.stream_write_timeout_s,
+        )
+
+    async def admit(request: Request) -> Ticket:
         client = client_of(request, trusted)
         request.state.client_id = client
         if shutdown.begun is not None and shutdown.begun.done():
             raise shutting_down()
-        try:
-            # Most requests may start at once: no task to race against the client leaving.
-            ticket = service.admit_now(client) or await until_disconnect(request, service.admit(client), stop=shutdown.begun)
-        except ClientGone:
-            return Response(status_code=CLIENT_CLOSED)
+        # Most requests may start at once: no task to race against the client leaving.
+        ticket = service.admit_now(client) or await until_disconnect(request, service.admit(client), stop=shutdown.begun)
         request.state.rate_headers = ticket.headers
-        deltas = service.generate(gen)
-        try:
-            if not body.stream:
-                answer = await until_disconnect(request, collect(deltas, service.model_name), stop=shutdown.over)
-                return JSONResponse(answer, headers=ticket.headers)
-            # The first delta before any byte: errors up to then (context too long, overload) keep their status.
-            first = await until_disconnect(request, anext(deltas, None), stop=shutdown.over)
-        except ClientGone:
-            await deltas.aclose()
-            ticket.release()
-            return Response(status_code=CLIENT_CLOSED)
-        except BaseException:
-            await deltas.aclose()
-            ticket.release()
-            raise
-        finally:
-            if not body.stream:
-                ticket.release()
-        events = sse_events(first, deltas, model=service.model_name, style=style, include_usage=body.include_usage)
-        return ReleasingStreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, **ticket.headers},
-            on_close=ticket.release,
-            shutdown=shutdown,
-            farewell=to_sse(shutting_down().body(style)),
-            write_timeout=settings.stream_write_timeout_s,
-        )
+        return ticket
 
     body_doc = request_body_doc()
 
@@ -89,9 +60,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
     @router.get("/api/gpt-oss-2t", tags=["health"], summary="Alias of GET /api")
     async def health(request: Request) -> JSONResponse:
         backend = service.backend
-        check = getattr(backend, "check", None)
-        if check is not None:
-            await check()
+        await backend.check()
         info = backend.health()
         status = "ok" if backend.ready else ("error" if info.get("load_error") else "loading")
         if backend.ready and info.get("upstream_reachable") is False:

@@ -1,11 +1,10 @@
-"""Server-sent events: one encoder, the [DONE] terminator and keep-alive comments."""
+"""Server-sent events: one encoder and the [DONE] terminator."""
 
 from __future__ import annotations
 
 import json
 
 DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keep-alive\n\n"
 
 # Keep reverse proxies (nginx, the Spaces front) from buffering or transforming the stream. No Connection
 # header: it is the server's to set (an HTTP/1.0 client got "keep-alive" and the server's "close" together).

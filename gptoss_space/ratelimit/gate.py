@@ -77,12 +77,6 @@ class GateOverloaded(_RateHeaders, Overloaded):
     """Overloaded (503) that also carries the X-RateLimit-* headers of the refusal."""
 
 
-def refusal_headers(exc: Exception) -> dict[str, str]:
-    """Every header for an error response: Retry-After plus, for the gate's refusals, X-RateLimit-*."""
-    headers = getattr(exc, "headers", None)
-    return dict(headers()) if callable(headers) else {}
-
-
 class OpenGate:
     """No limits: every request starts at once. Used when rate limiting is switched off."""
 

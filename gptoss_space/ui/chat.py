@@ -5,7 +5,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
 
 import gradio as gr
@@ -118,24 +117,23 @@ class ChatRunner:
             raise InvalidRequest(f"Invalid '{field}': {err['msg']}") from None
         turn = Turn()
         yield turn
-        async with self.service.session(chat, self.client_of(request), params.prompt_options()) as (_, deltas):
-            async with aclosing(deltas):
-                turn.status = "generating"
-                yield turn
-                started = time.monotonic()
-                async for d in deltas:
-                    if d.content and turn.reasoning and turn.thinking_s is None:
-                        turn.thinking_s = time.monotonic() - started
-                    turn.reasoning += d.reasoning
-                    turn.content += d.content
-                    turn.finish_reason = d.finish_reason or turn.finish_reason
-                    if d.content or d.reasoning:
-                        yield turn
-                        if unread_updates(request) > MAX_UNREAD:
-                            # A call posted and never read (/gradio_api/call/... without the GET): stop
-                            # generating for nobody; its slot and batch row go to clients that read.
-                            log.info("page call not read (%d updates waiting): generation cancelled", MAX_UNREAD)
-                            return
+        async with self.service.session(chat, self.client_of(request), params.prompt_options()) as generation:
+            turn.status = "generating"
+            yield turn
+            started = time.monotonic()
+            async for d in generation:
+                if d.content and turn.reasoning and turn.thinking_s is None:
+                    turn.thinking_s = time.monotonic() - started
+                turn.reasoning += d.reasoning
+                turn.content += d.content
+                turn.finish_reason = d.finish_reason or turn.finish_reason
+                if d.content or d.reasoning:
+                    yield turn
+                    if unread_updates(request) > MAX_UNREAD:
+                        # A call posted and never read (/gradio_api/call/... without the GET): stop
+                        # generating for nobody; its slot and batch row go to clients that read.
+                        log.info("page call not read (%d updates waiting): generation cancelled", MAX_UNREAD)
+                        return
         turn.status = "done"
         yield turn
 

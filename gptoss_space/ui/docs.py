@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from gptoss_space.errors import (
     GenerationFailed,
@@ -19,7 +18,7 @@ from gptoss_space.errors import (
 from gptoss_space.protocol.request import MISSING_MESSAGES, chunk_body, completion_body, usage_body
 from gptoss_space.protocol.sse import DONE, to_sse
 from gptoss_space.ui.parameters import field_range
-from gptoss_space.ui.snippets import HELLO, STORY, Snippet, snippet, snippets  # noqa: F401  (the docs' public surface)
+from gptoss_space.ui.snippets import HELLO, STORY, Facts, Snippet, snippet, snippets  # noqa: F401  (the docs' public surface)
 
 PLACEHOLDER_BASE = "http://this-server"
 _HOST = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$")
@@ -43,19 +42,6 @@ def base_url(headers: Mapping[str, str], fallback: str = "http://localhost:7860"
     if (proto, m.group(1)) in (("https", "443"), ("http", "80")):
         host = host.rsplit(":", 1)[0]
     return f"{proto}://{host}"
-
-
-@dataclass(frozen=True)
-class Facts:
-    """Everything the docs state about this server."""
-
-    base: str
-    model: str
-    settings: object
-
-    @property
-    def temperature(self) -> str:
-        return f"{self.settings.default_temperature:g}"
 
 
 def parameters_md(f: Facts) -> str:

@@ -172,8 +172,8 @@ def effort_note(backend) -> str:
     """What reasoning effort does with this backend (known once the model has loaded)."""
     if backend is None:
         return "Used by gpt-oss (harmony) models; other models ignore it."
-    if getattr(backend, "harmony", False):
+    if backend.harmony:
         return "This model is a gpt-oss (harmony) model: higher effort thinks longer before answering."
-    if getattr(backend, "kind", "") == "proxy":
+    if backend.kind == "proxy":
         return "Passed to the upstream server; reasoning models use it, others ignore it."
     return "This model does not reason, so it ignores this setting (gpt-oss models use it)."

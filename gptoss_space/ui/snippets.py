@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gptoss_space.ui.docs import Facts
 
 HELLO = "Hello! Who created you?"
 STORY = "Tell me a short story!"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the docs state about this server."""
+
+    base: str
+    model: str
+    settings: object
+
+    @property
+    def temperature(self) -> str:
+        return f"{self.settings.default_temperature:g}"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from gptoss_space.backends.base import Delta, GenerationRequest
+from gptoss_space.backends.base import Backend, Delta, GenerationRequest
 
 
 @dataclass
@@ -17,7 +17,7 @@ class Script:
     prompt_tokens: int = 5
 
 
-class ScriptedBackend:
+class ScriptedBackend(Backend):
     """Answers with queued scripts (or echoes the last user message) and records what it was asked."""
 
     kind = "scripted"

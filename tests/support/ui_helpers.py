@@ -1,4 +1,4 @@
-"""Fixtures and page helpers for the browser tests of the Gradio page (tests/test_ui.py)."""
+"""Fixtures and page helpers for the browser tests of the Gradio page (tests/ui/test_page.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.support.servers import LiveServer
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 MODEL_CACHE = Path(os.environ.get("GPTOSS_TEST_CACHE", Path.home() / ".cache" / "gptoss-space"))
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 # Short answers keep the real-model tests quick on a shared CPU; long enough to watch text grow and stop it.
 UI_CAP = 48
 

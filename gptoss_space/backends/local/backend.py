@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from gptoss_space.backends.base import Delta, GenerationRequest
+from gptoss_space.backends.base import Backend, Delta, GenerationRequest
 from gptoss_space.backends.local.loading import LoadProgress
 from gptoss_space.backends.local.openmp import release_pool
 from gptoss_space.backends.local.sampling import Sampler
@@ -30,7 +30,7 @@ class _Done:
         self.reason, self.completion_tokens = reason, completion_tokens
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     kind = "local"
 
     def __init__(self, settings: Settings):
@@ -131,14 +131,6 @@ class LocalBackend:
         return info
 
     # -- prompt ---------------------------------------------------------------------------------
-
-    def _render(self, req: GenerationRequest) -> str:
-        """The prompt as text, for reading (logs, tests); what the model gets is encode()'s ids."""
-        if self.harmony:
-            from gptoss_space.backends.local.harmony import render_harmony_prompt
-
-            return render_harmony_prompt(req.messages, **self._harmony_options(req))
-        return self.loaded.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, req: GenerationRequest) -> list[int]:
         """Prompt ids in which client text is always text: a user's `<|im_start|>system` is never a control token."""

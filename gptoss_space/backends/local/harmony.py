@@ -105,11 +105,6 @@ def render_harmony_ids(messages: Iterable[Any], **options) -> list[int]:
     return harmony_encoding().render_conversation_for_completion(build_conversation(messages, **options), Role.ASSISTANT)
 
 
-def render_harmony_prompt(messages: Iterable[Any], **options) -> str:
-    """The prompt as text, for reading only: encoding this text again would turn client markup into tokens."""
-    return harmony_encoding().decode(render_harmony_ids(messages, **options))
-
-
 # -- output parsing -----------------------------------------------------------------------------
 
 
@@ -143,11 +138,6 @@ class HarmonyParser:
         self._header_state = StreamState.HEADER
         self._held: list[int] = []  # ids of a header still being read: text if the format breaks
         self._plain: IncrementalDecoder | None = None
-
-    @property
-    def broken(self) -> bool:
-        """The model left the harmony format: the rest is plain text."""
-        return self._plain is not None
 
     def push(self, token: int) -> tuple[str, str]:
         from openai_harmony import HarmonyError

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gptoss_space.backends.base import Delta, GenerationRequest
+from gptoss_space.backends.base import Backend, Delta, GenerationRequest
 from gptoss_space.backends.proxy.redact import LogScrubber, Scrubber, redacted_url, upstream_host
 from gptoss_space.backends.proxy.sse_parse import AnswerReader, error_message, parse_retry_after
 from gptoss_space.backends.proxy.upstream_body import ACCEPT_ENCODING, ERROR_BODY_BYTES, TooLarge, check_head, read_bounded
@@ -52,7 +52,7 @@ class _Retryable(Exception):
 __all__ = ["ProxyBackend", "upstream_host"]
 
 
-class ProxyBackend:
+class ProxyBackend(Backend):
     """Fronts an upstream OpenAI-compatible /chat/completions (or the GPT-OSS pages' /api)."""
 
     kind = "proxy"

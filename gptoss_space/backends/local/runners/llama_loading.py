@@ -19,12 +19,6 @@ from gptoss_space.backends.local.chat_tokenizer import ChatTokenizer, unsupporte
 from gptoss_space.backends.local.runners.llama_weights import LlamaWeights, llama_config, weight_files
 
 
-def unsupported(folder: str | Path, device: str, dtype: torch.dtype) -> str | None:
-    """Why this folder cannot take the lean path, or None when it can."""
-    result = _prepare(Path(folder), device, dtype)
-    return result if isinstance(result, str) else None
-
-
 def load_lean(folder: str | Path, device: str, dtype: torch.dtype) -> tuple[LlamaWeights, ChatTokenizer] | str:
     """The weights and the tokenizer, or why this folder must load through transformers."""
     result = _prepare(Path(folder), device, dtype)

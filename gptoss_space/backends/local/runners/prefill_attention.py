@@ -8,15 +8,20 @@ prefix do not: they take an explicit mask (offset_causal), or several rows one c
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from gptoss_space.backends.local.kv_cache import RowCache
 
-if TYPE_CHECKING:
-    from gptoss_space.backends.local.runners.llama_runner import LlamaRunner
+
+class Heads(Protocol):
+    """What attention needs of the runner (llama_runner.LlamaRunner)."""
+
+    n_heads: int
+    head_dim: int
+    scale: float
 
 NEG = float("-inf")
 # A prefix new prompts share is computed once when that spares this many tokens in all (the copies
@@ -64,7 +69,7 @@ class BatchedPrefill:
         c.k[li][self.rows, :, self.cols] = qk[: self.real, H:]
         c.v[li][self.rows, :, self.cols] = qkv[: self.real, H + KV :]
 
-    def attend(self, runner: LlamaRunner, c: RowCache, li: int, qk: torch.Tensor) -> torch.Tensor:
+    def attend(self, runner: Heads, c: RowCache, li: int, qk: torch.Tensor) -> torch.Tensor:
         """Attention output [packed tokens (+ dummies), H * D] of layer li, after `write`."""
         H, D = runner.n_heads, runner.head_dim
         kc, vc = c.k[li], c.v[li]  # [rows, KV, capacity, D]

@@ -20,7 +20,7 @@ from gptoss_space.http.app import create_app
 from tests.conftest import make_settings
 from tests.support.servers import LiveServer
 from tests.support.tiny_models import build_tiny_gpt_oss
-from tests.test_engine import Run
+from tests.backends.local.test_engine import Run
 
 NEW = 12
 

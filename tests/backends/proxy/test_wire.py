@@ -19,7 +19,7 @@ import pytest
 
 from gptoss_space.errors import UpstreamError
 from tests.support.raw_upstream import RawUpstream, chunk, delta, sse_answer
-from tests.test_proxy import collect, proxy, req, text
+from tests.backends.proxy.test_backend import collect, proxy, req, text
 
 KEY = "sk-wire-key-0123456789"
 

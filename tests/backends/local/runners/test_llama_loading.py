@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from gptoss_space.backends.local.chat_tokenizer import ChatTokenizer
 from gptoss_space.backends.local.engine import make_runner
 from gptoss_space.backends.local.loading import load_model
-from gptoss_space.backends.local.runners.llama_loading import unsupported
+from gptoss_space.backends.local.runners.llama_loading import load_lean
 from gptoss_space.backends.local.runners.llama_runner import LlamaRunner, supports
 from gptoss_space.backends.local.runners.llama_weights import LlamaWeights, llama_config, rope_cos_sin, rope_inv_freq
 from gptoss_space.backends.local.textstream import IncrementalDecoder
@@ -259,6 +259,12 @@ def run_runner(runner: LlamaRunner, prompts: list[list[int]], steps: int = 3) ->
     return out
 
 
+def unsupported(folder, device: str, dtype: torch.dtype) -> str | None:
+    """Why the lean path refuses this folder, or None when it loads it."""
+    result = load_lean(folder, device, dtype)
+    return result if isinstance(result, str) else None
+
+
 def assert_runners_equal(lean_weights: LlamaWeights, model, prompts, max_context: int) -> None:
     lean = LlamaRunner(lean_weights, max_batch_size=4, max_context=max_context, prefix_entries=0)
     ref = LlamaRunner(model, max_batch_size=4, max_context=max_context, prefix_entries=0)
@@ -401,7 +407,7 @@ def test_a_fresh_process_serves_without_importing_transformers_or_gradio(embedde
         print(json.dumps({{"text": text, "path": path, "health": health, "heavy": heavy[:5]}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[4])
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["path"] == "lean" and result["heavy"] == []

@@ -12,7 +12,7 @@ import pytest
 
 from tools import deploy
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HUB_METHODS = ["create_repo", "add_space_variable", "request_space_hardware", "upload_folder", "create_commit", "whoami"]
 
 

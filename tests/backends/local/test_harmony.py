@@ -7,10 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gptoss_space.backends.local.harmony import HarmonyParser, harmony_encoding, render_harmony_ids, render_harmony_prompt
+from gptoss_space.backends.local.harmony import HarmonyParser, harmony_encoding, render_harmony_ids
 
 CONTROL_IDS = set(range(200002, 200013))  # <|return|> .. <|call|>
 _MARKUP = re.compile(r"(<\|[a-z0-9_]+\|>)")
+
+
+def render_harmony_prompt(messages, **options) -> str:
+    """The prompt as text, for reading: encoding this text again would turn client markup into tokens."""
+    return harmony_encoding().decode(render_harmony_ids(messages, **options))
 
 
 def ids_of(harmony: str) -> list[int]:

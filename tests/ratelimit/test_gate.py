@@ -14,7 +14,7 @@ import pytest
 
 from gptoss_space.errors import APIError, Overloaded, RateLimited
 from gptoss_space.ratelimit.fifo import FifoGate, make_gate
-from gptoss_space.ratelimit.gate import OpenGate, Ticket, refusal_headers
+from gptoss_space.ratelimit.gate import OpenGate, Ticket
 from gptoss_space.settings import Settings
 
 
@@ -394,12 +394,11 @@ async def test_refusal_headers_carry_rate_limit_and_retry_after(ft):
     held = await g.acquire("k")
     with pytest.raises(RateLimited) as info:
         await g.acquire("k")
-    h = refusal_headers(info.value)
+    h = info.value.headers()
     assert set(h) >= {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Queue-Time"}
     assert h["X-RateLimit-Remaining"] == "0"
     assert isinstance(info.value, APIError) and info.value.body("seed")["error"].startswith("Rate limit exceeded: ")
-    assert refusal_headers(APIError("x", retry_after=2.5)) == {"Retry-After": "3"}
-    assert refusal_headers(ValueError("x")) == {}
+    assert APIError("x", retry_after=2.5).headers() == {"Retry-After": "3"}
     held.release()
 
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from gptoss_space.backends.base import Backend
 from soak.app import build
 from tests.conftest import make_settings
 from tests.support.servers import LiveServer
@@ -175,7 +176,7 @@ def test_real_model_stream_dropped_stops_within_two_decode_steps(model_server):
     assert engine.steps - steps_at_close <= 2, engine.steps - steps_at_close
 
 
-class EndlessBackend:
+class EndlessBackend(Backend):
     """Streams 1 KB pieces as fast as they are taken, until cancelled."""
 
     kind, model_id, ready, native_date = "scripted", "endless", True, False

@@ -266,7 +266,7 @@ def test_uploads_are_refused_whatever_their_size(page_server):
 
 def test_page_calls_nobody_reads_stop_generating_and_free_their_slots():
     """Before: calls posted to /gradio_api/call/chat and never read ran on (and queued) until shutdown."""
-    from tests.test_disconnects import EndlessBackend
+    from tests.http.test_disconnects import EndlessBackend
 
     backend = EndlessBackend()
     app = create_app(make_settings(), backend=backend)

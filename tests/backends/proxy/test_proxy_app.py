@@ -288,7 +288,7 @@ def test_proxy_mode_imports_neither_torch_nor_transformers():
         "create_app(s, with_ui=False); assert not heavy(), ('api', heavy()); "
         "create_app(s); assert not heavy(), ('with the page', heavy())"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).resolve().parents[3])
 
 
 # -- a real model behind a real proxy -----------------------------------------------------------

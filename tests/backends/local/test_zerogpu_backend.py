@@ -10,7 +10,7 @@ from gptoss_space.backends.base import GenerationRequest
 from gptoss_space.backends.local.backend import LocalBackend
 from gptoss_space.backends.local.zerogpu_runner import ZeroGPURunner
 from tests.conftest import make_settings
-from tests.test_zerogpu import FakeSpaces
+from tests.backends.local.test_zerogpu import FakeSpaces
 
 
 @pytest.fixture

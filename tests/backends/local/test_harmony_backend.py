@@ -49,7 +49,7 @@ def test_harmony_prompt_carries_the_date_and_effort(gptoss_server):
     backend = gptoss_server.service.backend
     assert backend.harmony and backend.native_date
     req = gptoss_server.service.build(validate_request({**Q, "reasoning": {"effort": "low"}}, stream_default=False))
-    prompt = backend._render(req)
+    prompt = backend.loaded.tokenizer.decode(backend.encode(req))
     assert "Current date: " + req.now.strftime("%Y-%m-%d") in prompt
     assert "Reasoning: low" in prompt
     assert "Current date and time:" not in prompt  # the harmony date replaces our text line
