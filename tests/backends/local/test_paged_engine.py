@@ -17,10 +17,10 @@ import torch
 from gptoss_space.backends.local.paged_engine import PagedEngine
 from gptoss_space.backends.local.sampling import Sampler
 from gptoss_space.http.app import create_app
+from tests.backends.local.test_engine import Run
 from tests.conftest import make_settings
 from tests.support.servers import LiveServer
 from tests.support.tiny_models import build_tiny_gpt_oss
-from tests.backends.local.test_engine import Run
 
 NEW = 12
 

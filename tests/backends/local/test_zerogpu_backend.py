@@ -9,8 +9,8 @@ import pytest
 from gptoss_space.backends.base import GenerationRequest
 from gptoss_space.backends.local.backend import LocalBackend
 from gptoss_space.backends.local.zerogpu_runner import ZeroGPURunner
-from tests.conftest import make_settings
 from tests.backends.local.test_zerogpu import FakeSpaces
+from tests.conftest import make_settings
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
+from tests.backends.proxy.test_proxy_app import HELLO, KEY, proxy_server
 from tests.support.raw_upstream import RawUpstream, endless, gzip_bomb
 from tests.support.upstream import Upstream
-from tests.backends.proxy.test_proxy_app import HELLO, KEY, proxy_server
 
 SHORT = 4096  # "a few KB": the most an answer or a log line may hold after an attack
 

@@ -18,8 +18,8 @@ import zlib
 import pytest
 
 from gptoss_space.errors import UpstreamError
-from tests.support.raw_upstream import RawUpstream, chunk, delta, sse_answer
 from tests.backends.proxy.test_backend import collect, proxy, req, text
+from tests.support.raw_upstream import RawUpstream, chunk, delta, sse_answer
 
 KEY = "sk-wire-key-0123456789"
 
