@@ -296,7 +296,9 @@ def test_proxy_mode_imports_neither_torch_nor_transformers():
 
 def test_real_model_through_the_proxy_equals_the_direct_answer(model_server):
     # The proxy injects no date: the model's server adds it, so both prompts are the same.
-    with proxy_server(model_server.url + "/v1/chat/completions", inject_datetime=False, upstream_model="") as server:
+    # A real model on a busy 2-core host may take seconds to its first token: a read timeout for that, not 2 s.
+    with proxy_server(model_server.url + "/v1/chat/completions", inject_datetime=False, upstream_model="",
+                      upstream_read_timeout_s=30.0) as server:
         body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0,
                 "max_tokens": 12, "stream_options": {"include_usage": True}}
         for _ in range(3):
