@@ -1,0 +1,393 @@
+"""The Responses API request (POST /v1/responses): its model, and its translation into a chat-completions body.
+
+The translated body goes through the chat route's own validate_request and ChatService.build, so both
+routes share one set of checks and bounds; a refusal from either is renamed to the Responses field
+(`messages[3].content` -> `input[2].content`, `max_completion_tokens` -> `max_output_tokens`, ...).
+There is no server-side state: `previous_response_id`, `store: true`, `background`, `conversation`
+and stored prompts are refused with a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gptoss_space.errors import InvalidRequest
+from gptoss_space.protocol.request import ChatRequest, validate_request
+
+STATELESS = "this server keeps no responses (no server-side state): send the whole conversation in 'input'"
+_TEXT_PARTS = {"input_text", "output_text", "text"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class ReasoningConfig(_Model):
+    effort: str | None = None  # the chat validator names the allowed values
+    summary: str | None = None  # accepted; gpt-oss reasoning is returned whole, never summarised
+
+
+class TextConfig(_Model):
+    format: dict | None = None
+    verbosity: str | None = None  # accepted, not honoured: gpt-oss has no such control
+
+
+class ResponsesRequest(_Model):
+    """The body of POST /v1/responses. Unknown fields are ignored; ones needing server-side state are refused."""
+
+    input: str | list[dict]
+    model: str | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    reasoning: ReasoningConfig | None = None
+    stream: bool | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    previous_response_id: str | None = None
+    background: bool | None = None
+    conversation: Any = None
+    prompt: Any = None
+
+
+class MessageItem(_Model):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[dict]
+
+
+class FunctionCallItem(_Model):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+
+
+class FunctionCallOutputItem(_Model):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[dict]
+
+
+class ReasoningItem(_Model):
+    type: Literal["reasoning"]
+    summary: list[dict] = []
+    content: list[dict] | None = None
+
+
+class FunctionTool(_Model):
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Model):
+    type: Literal["json_schema"]
+    name: str
+    schema_: dict = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+ITEMS: dict[str, type[_Model]] = {
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+    "reasoning": ReasoningItem,
+}
+
+
+# -- errors that name the Responses field ------------------------------------------------------------
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or any(c in str(part) for c in "[(-"):
+            continue  # a union branch's tag, not a field
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _validate(model: type[_Model], data: Any, where: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        # A union reports one error per branch; the branch that got furthest names the field best.
+        err = max(e.errors(include_url=False), key=lambda x: len(_path(x["loc"])))
+        inner = _path(err["loc"])
+        name = where + ("." if where and inner and not inner.startswith("[") else "") + inner
+        msg = err["msg"].removeprefix("Value error, ")
+        raise InvalidRequest(f"Invalid '{name or 'body'}': {msg}", param=name or None) from None
+
+
+def _refuse(name: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid '{name}': {why}", param=name)
+
+
+# -- the translation ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Origin:
+    """Where one chat message came from: its Responses path, its fields' names there, and its tool calls' items."""
+
+    path: str
+    fields: dict[str, str] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+
+_CALL_FIELDS = {"function.name": "name", "function.arguments": "arguments", "id": "call_id"}
+_TOP_LEVEL = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "reasoning_effort": "reasoning.effort",
+}
+
+
+@dataclass
+class Translation:
+    """A Responses request, the chat-completions body it became, and the way back for field names."""
+
+    request: ResponsesRequest
+    body: dict
+    origins: list[Origin]
+
+    def param(self, chat: str) -> str:
+        """The Responses name of a chat-completions field path."""
+        m = re.match(r"messages\[(\d+)\](.*)", chat)
+        if m and int(m.group(1)) < len(self.origins):
+            origin, rest = self.origins[int(m.group(1))], m.group(2).lstrip(".")
+            if origin.path in ("input", "instructions"):
+                return origin.path
+            call = re.match(r"tool_calls\[(\d+)\]\.?(.*)", rest)
+            if call and int(call.group(1)) < len(origin.calls):
+                return _join(origin.calls[int(call.group(1))], _CALL_FIELDS.get(call.group(2), ""))
+            head, _, tail = rest.partition(".")
+            name = re.match(r"[a-z_]*", head).group(0)
+            if name in origin.fields:
+                return _join(origin.path, origin.fields[name] + head[len(name):] + ("." + tail if tail else ""))
+            return origin.path
+        for old, new in (("response_format.json_schema", "text.format"), ("response_format", "text.format")):
+            if chat == old or chat.startswith(old + "."):
+                return new + chat[len(old):]
+        tool = re.match(r"(tools\[\d+\]|tool_choice)\.function(.*)", chat)
+        if tool:
+            return tool.group(1) + tool.group(2)
+        head = re.match(r"[a-z_]+", chat)
+        if head and head.group(0) in _TOP_LEVEL:
+            return _TOP_LEVEL[head.group(0)] + chat[head.end():]
+        return chat
+
+    def rename(self, e: InvalidRequest) -> InvalidRequest:
+        """The same refusal, naming the Responses field."""
+        if not e.param:
+            return e
+        new = self.param(e.param)
+        if new == e.param:
+            return e
+        renamed = type(e)(e.message.replace(f"'{e.param}'", f"'{new}'"), param=new, retry_after=e.retry_after)
+        return renamed
+
+
+    def echo(self, temperature: float, top_p: float, effort: str | None) -> dict:
+        """The request fields a Response repeats, defaults resolved (`temperature`, `top_p`: the ones used)."""
+        req = self.request
+        fmt = req.text.format if req.text is not None and req.text.format is not None else {"type": "text"}
+        tools = [_tool_echo(t) for t in req.tools or []]
+        return {
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "max_tool_calls": None,
+            "metadata": req.metadata or {},
+            "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+            "previous_response_id": None,
+            "reasoning": {"effort": effort, "summary": req.reasoning.summary if req.reasoning else None},
+            "store": False,
+            "temperature": req.temperature if req.temperature is not None else temperature,
+            "text": {"format": fmt},
+            "tool_choice": "auto" if req.tool_choice is None else req.tool_choice,
+            "tools": tools,
+            "top_p": req.top_p if req.top_p is not None else top_p,
+            "truncation": "disabled",
+            "user": None,
+        }
+
+
+def _tool_echo(tool: dict) -> dict:
+    return {"type": "function", "name": tool.get("name"), "description": tool.get("description"),
+            "parameters": tool.get("parameters"), "strict": tool.get("strict")}
+
+
+def _join(path: str, sub: str) -> str:
+    return path + ("." + sub if sub and not sub.startswith("[") else sub)
+
+
+def _text_parts(parts: list, where: str) -> list[dict]:
+    out = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _TEXT_PARTS:
+            text = part.get("text")
+        elif kind == "refusal":
+            text = part.get("refusal")
+        else:
+            raise _refuse(f"{where}[{j}].type", "only text parts (input_text, output_text) are supported")
+        if not isinstance(text, str):
+            raise _refuse(f"{where}[{j}].{'refusal' if kind == 'refusal' else 'text'}", "Input should be a valid string")
+        out.append({"type": "text", "text": text})
+    return out
+
+
+def _items(items: list, origins: list[Origin]) -> list[dict]:
+    messages: list[dict] = []
+    reasoning = ""  # an earlier turn's reasoning, for the assistant turn that follows it
+    for i, raw in enumerate(items):
+        where = f"input[{i}]"
+        kind = raw.get("type", "message" if "role" in raw else None) if isinstance(raw, dict) else None
+        if kind == "item_reference":
+            raise _refuse(f"{where}.type", STATELESS)
+        if kind not in ITEMS:
+            if not isinstance(raw, dict):
+                raise _refuse(where, "Input should be a valid dictionary")
+            raise _refuse(f"{where}.type" if "type" in raw else f"{where}.role",
+                          "expected a message (role, content), function_call, function_call_output or reasoning item")
+        item = _validate(ITEMS[kind], raw, where)
+        last = messages[-1] if messages else None
+        if isinstance(item, ReasoningItem):
+            parts = item.content if item.content is not None else item.summary
+            reasoning += "".join(p.get("text", "") for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+            continue
+        if isinstance(item, FunctionCallItem):
+            call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+            if last is not None and last["role"] == "assistant" and origins[-1].path.startswith("input["):
+                last.setdefault("tool_calls", []).append(call)  # one assistant turn: its text and its calls
+                origins[-1].calls.append(where)
+                continue
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            origin = Origin(where, {"content": "arguments"}, [where])
+        elif isinstance(item, FunctionCallOutputItem):
+            output = item.output if isinstance(item.output, str) else _text_parts(item.output, f"{where}.output")
+            message = {"role": "tool", "tool_call_id": item.call_id, "content": output}
+            origin = Origin(where, {"content": "output", "tool_call_id": "call_id", "role": "type"})
+        else:
+            content = item.content if isinstance(item.content, str) else _text_parts(item.content, f"{where}.content")
+            message = {"role": item.role, "content": content}
+            origin = Origin(where, {"content": "content", "role": "role"})
+        if message["role"] == "assistant" and reasoning:
+            message["reasoning"], reasoning = reasoning, ""
+        messages.append(message)
+        origins.append(origin)
+    return messages
+
+
+def _format(fmt: dict) -> dict:
+    kind = fmt.get("type")
+    if kind in ("text", "json_object"):
+        return {"type": kind}
+    if kind == "json_schema":
+        f = _validate(JsonSchemaFormat, fmt, "text.format")
+        schema = {"name": f.name, "schema": f.schema_}
+        schema.update({k: v for k, v in (("description", f.description), ("strict", f.strict)) if v is not None})
+        return {"type": "json_schema", "json_schema": schema}
+    raise _refuse("text.format.type", "expected 'text', 'json_object' or 'json_schema'")
+
+
+def _tools(tools: list) -> list[dict]:
+    out = []
+    for i, raw in enumerate(tools):
+        if not isinstance(raw, dict) or raw.get("type") != "function":
+            name = f"tools[{i}].type" if isinstance(raw, dict) else f"tools[{i}]"
+            raise _refuse(name, "only function tools ({'type': 'function', 'name', 'parameters'}) are supported")
+        t = _validate(FunctionTool, raw, f"tools[{i}]")
+        fn = {"name": t.name}
+        fn.update({k: v for k, v in (("description", t.description), ("parameters", t.parameters),
+                                     ("strict", t.strict)) if v is not None})
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: str | dict) -> str | dict:
+    if isinstance(choice, str):
+        return choice
+    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    if choice.get("type") == "function":
+        raise _refuse("tool_choice.name", "Field required")
+    raise _refuse("tool_choice.type", "expected 'auto', 'none', 'required' or {'type': 'function', 'name': ...}")
+
+
+def translate(data: Any) -> Translation:
+    """Responses JSON -> the chat-completions body (not yet validated), or InvalidRequest naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("Invalid request: body must be a JSON object")
+    if data.get("input") is None:
+        raise InvalidRequest("Invalid 'input': Field required", param="input")
+    if not isinstance(data["input"], str | list):
+        raise _refuse("input", "expected a string or a list of input items")
+    req = _validate(ResponsesRequest, data)
+    for name in ("previous_response_id", "conversation", "prompt"):
+        if getattr(req, name) is not None:
+            raise _refuse(name, STATELESS)
+    if req.store:
+        raise _refuse("store", "responses are not stored here: send 'store': false or leave it out")
+    if req.background:
+        raise _refuse("background", "background responses need server-side state; this server has none")
+    if req.metadata is not None and (len(req.metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in req.metadata.items())):
+        raise _refuse("metadata", "at most 16 pairs, keys up to 64 and values up to 512 characters")
+    origins: list[Origin] = []
+    messages: list[dict] = []
+    if req.instructions is not None:
+        messages.append({"role": "system", "content": req.instructions})
+        origins.append(Origin("instructions"))
+    if isinstance(req.input, str):
+        messages.append({"role": "user", "content": req.input})
+        origins.append(Origin("input"))
+    else:
+        messages += _items(req.input, origins)
+    if not any(o.path != "instructions" for o in origins):
+        raise _refuse("input", "must hold at least one message")
+    body: dict[str, Any] = {"messages": messages, "stream": bool(req.stream)}
+    scalars = (("model", req.model), ("max_completion_tokens", req.max_output_tokens), ("temperature", req.temperature),
+               ("top_p", req.top_p), ("parallel_tool_calls", req.parallel_tool_calls))
+    body.update({k: v for k, v in scalars if v is not None})
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        body["reasoning"] = {"effort": req.reasoning.effort}
+    if req.tools:
+        body["tools"] = _tools(req.tools)
+    if req.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(req.tool_choice)
+    if req.text is not None and req.text.format is not None:
+        body["response_format"] = _format(req.text.format)
+    return Translation(req, body, origins)
+
+
+def to_chat_body(data: Any) -> dict:
+    """The chat-completions body a Responses body becomes (dict in, dict out)."""
+    return translate(data).body
+
+
+def validate_responses(data: Any) -> tuple[Translation, ChatRequest]:
+    """The Responses body, translated and checked by the chat validator; every refusal names the Responses field."""
+    t = translate(data)
+    try:
+        return t, validate_request(t.body, stream_default=False)
+    except InvalidRequest as e:
+        raise t.rename(e) from None
