@@ -10,33 +10,27 @@ and stored prompts are refused with a 400 naming the field.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from gptoss_space.errors import InvalidRequest
 from gptoss_space.protocol.request import ChatRequest, validate_request
-
-STATELESS = "this server keeps no responses (no server-side state): send the whole conversation in 'input'"
-_TEXT_PARTS = {"input_text", "output_text", "text"}
+from gptoss_space.protocol.responses_input import STATELESS, Origin, StrictModel, input_messages, refuse, validate_as
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-
-class ReasoningConfig(_Model):
+class ReasoningConfig(StrictModel):
     effort: str | None = None  # the chat validator names the allowed values
     summary: str | None = None  # accepted; gpt-oss reasoning is returned whole, never summarised
 
 
-class TextConfig(_Model):
+class TextConfig(StrictModel):
     format: dict | None = None
     verbosity: str | None = None  # accepted, not honoured: gpt-oss has no such control
 
 
-class ResponsesRequest(_Model):
+class ResponsesRequest(StrictModel):
     """The body of POST /v1/responses. Unknown fields are ignored; ones needing server-side state are refused."""
 
     input: str | list[dict]
@@ -59,32 +53,7 @@ class ResponsesRequest(_Model):
     prompt: Any = None
 
 
-class MessageItem(_Model):
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[dict]
-
-
-class FunctionCallItem(_Model):
-    type: Literal["function_call"]
-    call_id: str
-    name: str
-    arguments: str
-
-
-class FunctionCallOutputItem(_Model):
-    type: Literal["function_call_output"]
-    call_id: str
-    output: str | list[dict]
-
-
-class ReasoningItem(_Model):
-    type: Literal["reasoning"]
-    summary: list[dict] = []
-    content: list[dict] | None = None
-
-
-class FunctionTool(_Model):
+class FunctionTool(StrictModel):
     type: Literal["function"]
     name: str
     description: str | None = None
@@ -92,65 +61,12 @@ class FunctionTool(_Model):
     strict: bool | None = None
 
 
-class JsonSchemaFormat(_Model):
+class JsonSchemaFormat(StrictModel):
     type: Literal["json_schema"]
     name: str
     schema_: dict = Field(alias="schema")
     description: str | None = None
     strict: bool | None = None
-
-
-ITEMS: dict[str, type[_Model]] = {
-    "message": MessageItem,
-    "function_call": FunctionCallItem,
-    "function_call_output": FunctionCallOutputItem,
-    "reasoning": ReasoningItem,
-}
-
-
-# -- errors that name the Responses field ------------------------------------------------------------
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
-
-
-def _path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _TYPE_TAGS or any(c in str(part) for c in "[(-"):
-            continue  # a union branch's tag, not a field
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _validate(model: type[_Model], data: Any, where: str = "") -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        # A union reports one error per branch; the branch that got furthest names the field best.
-        err = max(e.errors(include_url=False), key=lambda x: len(_path(x["loc"])))
-        inner = _path(err["loc"])
-        name = where + ("." if where and inner and not inner.startswith("[") else "") + inner
-        msg = err["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"Invalid '{name or 'body'}': {msg}", param=name or None) from None
-
-
-def _refuse(name: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"Invalid '{name}': {why}", param=name)
-
-
-# -- the translation ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Origin:
-    """Where one chat message came from: its Responses path, its fields' names there, and its tool calls' items."""
-
-    path: str
-    fields: dict[str, str] = field(default_factory=dict)
-    calls: list[str] = field(default_factory=list)
 
 
 _CALL_FIELDS = {"function.name": "name", "function.arguments": "arguments", "id": "call_id"}
@@ -203,8 +119,7 @@ class Translation:
         new = self.param(e.param)
         if new == e.param:
             return e
-        renamed = type(e)(e.message.replace(f"'{e.param}'", f"'{new}'"), param=new, retry_after=e.retry_after)
-        return renamed
+        return type(e)(e.message.replace(f"'{e.param}'", f"'{new}'"), param=new, retry_after=e.retry_after)
 
 
     def echo(self, temperature: float, top_p: float, effort: str | None) -> dict:
@@ -240,74 +155,16 @@ def _join(path: str, sub: str) -> str:
     return path + ("." + sub if sub and not sub.startswith("[") else sub)
 
 
-def _text_parts(parts: list, where: str) -> list[dict]:
-    out = []
-    for j, part in enumerate(parts):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in _TEXT_PARTS:
-            text = part.get("text")
-        elif kind == "refusal":
-            text = part.get("refusal")
-        else:
-            raise _refuse(f"{where}[{j}].type", "only text parts (input_text, output_text) are supported")
-        if not isinstance(text, str):
-            raise _refuse(f"{where}[{j}].{'refusal' if kind == 'refusal' else 'text'}", "Input should be a valid string")
-        out.append({"type": "text", "text": text})
-    return out
-
-
-def _items(items: list, origins: list[Origin]) -> list[dict]:
-    messages: list[dict] = []
-    reasoning = ""  # an earlier turn's reasoning, for the assistant turn that follows it
-    for i, raw in enumerate(items):
-        where = f"input[{i}]"
-        kind = raw.get("type", "message" if "role" in raw else None) if isinstance(raw, dict) else None
-        if kind == "item_reference":
-            raise _refuse(f"{where}.type", STATELESS)
-        if kind not in ITEMS:
-            if not isinstance(raw, dict):
-                raise _refuse(where, "Input should be a valid dictionary")
-            raise _refuse(f"{where}.type" if "type" in raw else f"{where}.role",
-                          "expected a message (role, content), function_call, function_call_output or reasoning item")
-        item = _validate(ITEMS[kind], raw, where)
-        last = messages[-1] if messages else None
-        if isinstance(item, ReasoningItem):
-            parts = item.content if item.content is not None else item.summary
-            reasoning += "".join(p.get("text", "") for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
-            continue
-        if isinstance(item, FunctionCallItem):
-            call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
-            if last is not None and last["role"] == "assistant" and origins[-1].path.startswith("input["):
-                last.setdefault("tool_calls", []).append(call)  # one assistant turn: its text and its calls
-                origins[-1].calls.append(where)
-                continue
-            message = {"role": "assistant", "content": None, "tool_calls": [call]}
-            origin = Origin(where, {"content": "arguments"}, [where])
-        elif isinstance(item, FunctionCallOutputItem):
-            output = item.output if isinstance(item.output, str) else _text_parts(item.output, f"{where}.output")
-            message = {"role": "tool", "tool_call_id": item.call_id, "content": output}
-            origin = Origin(where, {"content": "output", "tool_call_id": "call_id", "role": "type"})
-        else:
-            content = item.content if isinstance(item.content, str) else _text_parts(item.content, f"{where}.content")
-            message = {"role": item.role, "content": content}
-            origin = Origin(where, {"content": "content", "role": "role"})
-        if message["role"] == "assistant" and reasoning:
-            message["reasoning"], reasoning = reasoning, ""
-        messages.append(message)
-        origins.append(origin)
-    return messages
-
-
 def _format(fmt: dict) -> dict:
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return {"type": kind}
     if kind == "json_schema":
-        f = _validate(JsonSchemaFormat, fmt, "text.format")
+        f = validate_as(JsonSchemaFormat, fmt, "text.format")
         schema = {"name": f.name, "schema": f.schema_}
         schema.update({k: v for k, v in (("description", f.description), ("strict", f.strict)) if v is not None})
         return {"type": "json_schema", "json_schema": schema}
-    raise _refuse("text.format.type", "expected 'text', 'json_object' or 'json_schema'")
+    raise refuse("text.format.type", "expected 'text', 'json_object' or 'json_schema'")
 
 
 def _tools(tools: list) -> list[dict]:
@@ -315,8 +172,8 @@ def _tools(tools: list) -> list[dict]:
     for i, raw in enumerate(tools):
         if not isinstance(raw, dict) or raw.get("type") != "function":
             name = f"tools[{i}].type" if isinstance(raw, dict) else f"tools[{i}]"
-            raise _refuse(name, "only function tools ({'type': 'function', 'name', 'parameters'}) are supported")
-        t = _validate(FunctionTool, raw, f"tools[{i}]")
+            raise refuse(name, "only function tools ({'type': 'function', 'name', 'parameters'}) are supported")
+        t = validate_as(FunctionTool, raw, f"tools[{i}]")
         fn = {"name": t.name}
         fn.update({k: v for k, v in (("description", t.description), ("parameters", t.parameters),
                                      ("strict", t.strict)) if v is not None})
@@ -330,8 +187,8 @@ def _tool_choice(choice: str | dict) -> str | dict:
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     if choice.get("type") == "function":
-        raise _refuse("tool_choice.name", "Field required")
-    raise _refuse("tool_choice.type", "expected 'auto', 'none', 'required' or {'type': 'function', 'name': ...}")
+        raise refuse("tool_choice.name", "Field required")
+    raise refuse("tool_choice.type", "expected 'auto', 'none', 'required' or {'type': 'function', 'name': ...}")
 
 
 def translate(data: Any) -> Translation:
@@ -341,17 +198,17 @@ def translate(data: Any) -> Translation:
     if data.get("input") is None:
         raise InvalidRequest("Invalid 'input': Field required", param="input")
     if not isinstance(data["input"], str | list):
-        raise _refuse("input", "expected a string or a list of input items")
-    req = _validate(ResponsesRequest, data)
+        raise refuse("input", "expected a string or a list of input items")
+    req = validate_as(ResponsesRequest, data)
     for name in ("previous_response_id", "conversation", "prompt"):
         if getattr(req, name) is not None:
-            raise _refuse(name, STATELESS)
+            raise refuse(name, STATELESS)
     if req.store:
-        raise _refuse("store", "responses are not stored here: send 'store': false or leave it out")
+        raise refuse("store", "responses are not stored here: send 'store': false or leave it out")
     if req.background:
-        raise _refuse("background", "background responses need server-side state; this server has none")
+        raise refuse("background", "background responses need server-side state; this server has none")
     if req.metadata is not None and (len(req.metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in req.metadata.items())):
-        raise _refuse("metadata", "at most 16 pairs, keys up to 64 and values up to 512 characters")
+        raise refuse("metadata", "at most 16 pairs, keys up to 64 and values up to 512 characters")
     origins: list[Origin] = []
     messages: list[dict] = []
     if req.instructions is not None:
@@ -361,9 +218,9 @@ def translate(data: Any) -> Translation:
         messages.append({"role": "user", "content": req.input})
         origins.append(Origin("input"))
     else:
-        messages += _items(req.input, origins)
+        messages += input_messages(req.input, origins)
     if not any(o.path != "instructions" for o in origins):
-        raise _refuse("input", "must hold at least one message")
+        raise refuse("input", "must hold at least one message")
     body: dict[str, Any] = {"messages": messages, "stream": bool(req.stream)}
     scalars = (("model", req.model), ("max_completion_tokens", req.max_output_tokens), ("temperature", req.temperature),
                ("top_p", req.top_p), ("parallel_tool_calls", req.parallel_tool_calls))

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gptoss_space.backends.base import Delta
-from gptoss_space.errors import GenerationFailed, InvalidRequest
+from gptoss_space.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest
 from gptoss_space.http.app import create_app
 from gptoss_space.protocol.responses import to_chat_body, translate
 from tests.conftest import make_settings
@@ -106,6 +106,17 @@ def test_reasoning_comes_as_a_reasoning_item_before_the_message(scripted_server)
     assert [(c.type, c.text) for c in reasoning.content] == [("reasoning_text", "Thinking.")]
     assert message.type == "message" and r.output_text == "Answer."
     assert r.usage.output_tokens == 3 and r.usage.output_tokens_details.reasoning_tokens == 2
+
+
+def test_an_earlier_output_goes_back_as_input_unchanged(scripted_server):
+    client = sdk(scripted_server)
+    scripted_server.backend.enqueue(Delta(reasoning="Count."), Delta(content="Four."))
+    first = client.responses.create(model="m", input=[{"role": "user", "content": "2+2?"}])
+    client.responses.create(model="m", input=[{"role": "user", "content": "2+2?"}, *first.output,
+                                              {"role": "user", "content": "Times two?"}])
+    assert scripted_server.backend.requests[-1].messages[1:] == [
+        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "Four."},
+        {"role": "user", "content": "Times two?"}]
 
 
 def test_max_output_tokens_cut_is_incomplete(scripted_server):
@@ -235,6 +246,21 @@ def test_bad_input_is_a_400_naming_the_responses_field(scripted_server, body, pa
     err = r.json()["error"]
     assert err["param"] == param and err["message"].startswith(f"Invalid '{param}': ") and err["type"] == "invalid_request_error"
     assert scripted_server.backend.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_over_the_context_is_a_400_naming_input(scripted_server, stream):
+    scripted_server.backend.enqueue(ContextLengthExceeded("Prompt is 9000 tokens; the context is 8192", param="messages"))
+    r = post(scripted_server, {"input": "q", "stream": stream})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_the_openapi_page_documents_the_responses_body(scripted_server):
+    spec = httpx.get(scripted_server.url + "/openapi.json").json()
+    schema = spec["paths"]["/v1/responses"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["input"] and {"instructions", "max_output_tokens", "text", "tools"} <= set(schema["properties"])
+    assert "$ref" not in json.dumps(schema)
 
 
 def test_sdk_raises_bad_request_for_previous_response_id(scripted_server):
