@@ -17,6 +17,7 @@ from gptoss_space.http.access_log import AccessLog
 from gptoss_space.http.entry_guard import EntryGuard
 from gptoss_space.http.headers import StandardHeaders
 from gptoss_space.http.io import ClientGone, Shutdown
+from gptoss_space.http.responses_route import build_responses_router
 from gptoss_space.http.routes import build_router, error_response
 from gptoss_space.ratelimit.client_ip import TrustedProxies
 from gptoss_space.ratelimit.fifo import make_gate
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         allow = [m.strip() for m in (getattr(exc, "headers", None) or {}).get("Allow", "").split(",") if m.strip()]
         return error_response(request, MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}", allow=allow))
 
+    app.include_router(build_responses_router(service, shutdown))  # before build_router's catch-all for /v1
     app.include_router(build_router(service, shutdown))
     return app
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
 
@@ -176,10 +176,11 @@ class ReleasingStreamingResponse(StreamingResponse):
     """Closes the body and awaits `on_close` (the generation's aclose: cancel, free the slot) however the stream ends.
 
     With a `shutdown`, a stream still running when its grace period ends is closed and
-    `farewell` (an SSE error event) is sent in place of the rest: the body always ends cleanly.
+    `farewell` (an SSE error event, or a function that makes it then) is sent in place of the rest: the body
+    always ends cleanly.
     """
 
-    def __init__(self, *args, on_close=None, shutdown: Shutdown | None = None, farewell: bytes = b"",
+    def __init__(self, *args, on_close=None, shutdown: Shutdown | None = None, farewell: bytes | Callable[[], bytes] = b"",
                  write_timeout: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._on_close = on_close
@@ -199,8 +200,8 @@ class ReleasingStreamingResponse(StreamingResponse):
                 break
             except GraceOver:
                 log.info("stream still running at the end of the shutdown grace period: ended with an error event")
-                if self._farewell:
-                    await send({"type": "http.response.body", "body": self._farewell, "more_body": True})
+                if farewell := self._farewell() if callable(self._farewell) else self._farewell:
+                    await send({"type": "http.response.body", "body": farewell, "more_body": True})
                 break
             if not isinstance(chunk, bytes | memoryview):
                 chunk = chunk.encode(self.charset)

@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from gptoss_space.errors import APIError, ErrorStyle, MethodNotAllowed, NotFound
+from gptoss_space.http.admission import admit as admit_request
 from gptoss_space.http.answer import answer
-from gptoss_space.http.io import Shutdown, read_body, shutting_down, until_disconnect
+from gptoss_space.http.io import Shutdown, read_body
 from gptoss_space.protocol.request import now_unix, parse_body, request_body_doc, validate_request
-from gptoss_space.ratelimit.client_ip import TrustedProxies, client_of
+from gptoss_space.ratelimit.client_ip import TrustedProxies
 from gptoss_space.ratelimit.gate import Ticket
 from gptoss_space.service import ChatService
 
@@ -36,14 +37,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
         )
 
     async def admit(request: Request) -> Ticket:
-        client = client_of(request, trusted)
-        request.state.client_id = client
-        if shutdown.begun is not None and shutdown.begun.done():
-            raise shutting_down()
-        # Most requests may start at once: no task to race against the client leaving.
-        ticket = service.admit_now(client) or await until_disconnect(request, service.admit(client), stop=shutdown.begun)
-        request.state.rate_headers = ticket.headers
-        return ticket
+        return await admit_request(request, service, trusted, shutdown)
 
     body_doc = request_body_doc()
 
@@ -73,7 +67,7 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
             "page": page.state if (page := getattr(request.app.state, "page", None)) else "off",
             "rate_limit": service.gate.stats(),
             "usage": service.stats(),
-            "endpoints": ["POST /api", "POST /api/gpt-oss-2t", "POST /v1/chat/completions", "GET /v1/models"],
+            "endpoints": ["POST /api", "POST /api/gpt-oss-2t", "POST /v1/chat/completions", "POST /v1/responses", "GET /v1/models"],
         }
         return JSONResponse(body, status_code=200 if backend.ready else 503)
 

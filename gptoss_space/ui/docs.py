@@ -136,6 +136,7 @@ def endpoints_md(f: Facts) -> str:
         "| Method | Path | What |\n|---|---|---|\n"
         "| POST | `/api` | Chat (alias `/api/gpt-oss-2t`); streams by default; errors as `{\"error\": \"…\"}` |\n"
         "| POST | `/v1/chat/completions` | OpenAI-compatible; JSON by default; OpenAI error objects |\n"
+        "| POST | `/v1/responses` | OpenAI Responses API (stateless: no `store`, no `previous_response_id`) |\n"
         "| GET | `/api` | Health check |\n"
         "| GET | `/v1/models` | The model list (one model) |\n"
     )

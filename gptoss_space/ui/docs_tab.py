@@ -84,7 +84,7 @@ def build_docs(settings, facts_for: Callable[[str], docs.Facts], initial_base: s
         gr.Markdown("### ⚡ Quick start")
         groups = [
             ("cURL", ["curl", "curl_stream"]),
-            ("Python", ["python", "python_stream", "openai"]),
+            ("Python", ["python", "python_stream", "openai", "openai_responses"]),
             ("JavaScript", ["js", "js_stream"]),
             ("gradio_client", ["gradio"]),
         ]

@@ -102,6 +102,24 @@ for chunk in stream:
         print(chunk.choices[0].delta.content, end="", flush=True)
 print()
 """),
+        Snippet("openai_responses", "Python (openai SDK, Responses API)", "python", f"""from openai import OpenAI
+
+client = OpenAI(base_url="{base}/v1", api_key="not-needed")
+
+# Stateless: send the whole conversation each time (no store, no previous_response_id).
+response = client.responses.create(
+    model="{f.model}",
+    instructions="Answer in one sentence.",
+    input="{HELLO}",
+)
+print(response.output_text)
+
+with client.responses.stream(model="{f.model}", input="{STORY}") as stream:
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            print(event.delta, end="", flush=True)
+print()
+"""),
         Snippet("js", "JavaScript (fetch)", "javascript", f"""const response = await fetch("{base}/api", {{
   method: "POST",
   headers: {{ "Content-Type": "application/json" }},

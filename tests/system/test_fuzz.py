@@ -1,6 +1,6 @@
 """Generated requests by the thousand: never a 5xx, and every refusal is a 4xx whose `error` names what is wrong.
 
-Three sources: hypothesis strategies over the request schema (valid, almost valid and anything-goes
+Three sources: hypothesis strategies over the request schemas (chat and Responses) (valid, almost valid and anything-goes
 JSON in every field), raw and mutated bytes, and schemathesis against the app's own OpenAPI
 schema. Edge values that pass validation then go to the real model next to another client's
 stream. FUZZ_SCALE multiplies the example counts (`make soak` runs 10x); FUZZ_REPORT=path
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from gptoss_space.errors import APIError
 from gptoss_space.http.app import create_app
 from gptoss_space.protocol.request import parse_body, validate_request
+from gptoss_space.protocol.responses import validate_responses
 from gptoss_space.ratelimit.gate import OpenGate
 from gptoss_space.service import ChatService
 from tests.conftest import make_settings
@@ -114,6 +115,51 @@ def one_fault(draw) -> tuple[dict, str]:
 
 bodies = valid_bodies | one_fault().map(lambda pair: pair[0]) | anything
 
+# The Responses API (POST /v1/responses): its own fields, translated to the chat ones.
+valid_input_part = st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text"]), "text": text})
+valid_item = st.fixed_dictionaries(
+    {"role": st.sampled_from(ROLES), "content": text | st.lists(valid_input_part, max_size=2)},
+    optional={"type": st.just("message")},
+)
+RESPONSES_VALID = {
+    "instructions": text,
+    "max_output_tokens": st.integers(1, 64) | st.just(-1),
+    "temperature": VALID["temperature"],
+    "top_p": VALID["top_p"],
+    "reasoning": VALID["reasoning"],
+    "stream": st.booleans(),
+    "metadata": st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=3),
+    "store": st.just(False),
+    "text": st.just({"format": {"type": "text"}}),
+    "tools": st.just([]),
+    "parallel_tool_calls": st.booleans(),
+    "model": text,
+    "user": anything,  # unknown fields are ignored
+}
+valid_responses = st.fixed_dictionaries(
+    {"input": text | st.lists(valid_item, min_size=1, max_size=3)}, optional=RESPONSES_VALID
+)
+RESPONSES_SPOTS = [f for f in RESPONSES_VALID if f != "user"] + ["input", "input[0]", "input[0].role", "input[0].content"]
+
+
+@st.composite
+def one_responses_fault(draw) -> tuple[dict, str]:
+    body, spot, bad = draw(valid_responses), draw(st.sampled_from(RESPONSES_SPOTS)), draw(anything)
+    if spot.startswith("input["):
+        if isinstance(body["input"], str):
+            body["input"] = [{"role": "user", "content": body["input"]}]
+        item = body["input"][0] = dict(body["input"][0])
+        if spot == "input[0]":
+            body["input"][0] = bad
+        else:
+            item[spot.split(".")[1]] = bad
+    else:
+        body[spot] = bad
+    return body, spot
+
+
+responses_bodies = valid_responses | one_responses_fault().map(lambda pair: pair[0]) | anything
+
 
 def encode(body) -> bytes:
     return json.dumps(body).encode()  # NaN/Infinity become the tokens Python's json accepts
@@ -162,6 +208,13 @@ def check_refusal(status: int, body: dict, style: str) -> None:
 
 
 def check_answer(r: httpx.Response) -> None:
+    if r.status_code == 200 and r.request.url.path == "/v1/responses":
+        if r.headers["content-type"].startswith("text/event-stream"):
+            last = r.text.rstrip("\n").rsplit("\n\n", 1)[-1]
+            assert last.split("\n")[0] in ("event: response.completed", "event: response.incomplete"), r.text[-300:]
+        else:
+            assert r.json()["object"] == "response" and r.json()["status"] in ("completed", "incomplete")
+        return
     if r.status_code == 200:
         if r.headers["content-type"].startswith("text/event-stream"):
             assert r.text.endswith("data: [DONE]\n\n"), r.text[-300:]
@@ -207,6 +260,36 @@ def test_one_bad_field_is_refused_naming_that_field(case):
         assert f"'{named}" in e.message or (named == "messages" and e.message == "Missing messages array"), (spot, e.message)
 
 
+def build_responses(body):
+    translation, chat = validate_responses(parse_body(encode(body), max_bytes=100_000))
+    try:
+        return SERVICE.build(chat)
+    except APIError as e:
+        raise translation.rename(e) from None
+
+
+@settings(max_examples=examples(200), **FUZZ)
+@given(body=valid_responses)
+def test_valid_responses_bodies_are_accepted_and_made_safe(body):
+    TRIED["validation_responses_valid"] += 1
+    gen = build_responses(body)
+    assert all(isinstance(m["content"], str) for m in gen.messages)
+    assert gen.max_tokens is None or 1 <= gen.max_tokens <= 64
+
+
+@settings(max_examples=examples(300), **FUZZ)
+@given(case=one_responses_fault())
+def test_one_bad_responses_field_is_refused_naming_that_field(case):
+    TRIED["validation_responses_one_fault"] += 1
+    body, spot = case
+    try:
+        build_responses(body)
+    except APIError as e:
+        check_refusal(e.status, e.body("openai"), "openai")
+        named = spot.split("[")[0] if spot.startswith("input[") else spot
+        assert f"'{named}" in e.message, (spot, e.message)
+
+
 @settings(max_examples=examples(400), **FUZZ)
 @given(body=anything)
 def test_any_json_is_accepted_or_refused_with_a_named_4xx(body):
@@ -238,7 +321,7 @@ def asgi():
     thread.join(5)
 
 
-PATHS = st.sampled_from(["/api", "/api/gpt-oss-2t", "/v1/chat/completions"])
+PATHS = st.sampled_from(["/api", "/api/gpt-oss-2t", "/v1/chat/completions", "/v1/responses"])
 header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
 
 
@@ -248,6 +331,14 @@ def test_generated_json_bodies_never_get_a_5xx(asgi, path, body, xff):
     TRIED["http_json"] += 1
     headers = {"content-type": "application/json"} | ({"x-forwarded-for": xff} if xff is not None else {})
     check_answer(asgi(path, content=encode(body), headers=headers))
+
+
+@settings(max_examples=examples(250), **FUZZ)
+@given(body=responses_bodies, xff=st.none() | header_text)
+def test_generated_responses_bodies_never_get_a_5xx(asgi, body, xff):
+    TRIED["http_responses_json"] += 1
+    headers = {"content-type": "application/json"} | ({"x-forwarded-for": xff} if xff is not None else {})
+    check_answer(asgi("/v1/responses", content=encode(body), headers=headers))
 
 
 @settings(max_examples=examples(250), **FUZZ)

@@ -98,6 +98,23 @@ def test_sigterm_ends_a_long_stream_with_an_error_event_after_the_grace():
         assert_clean_exit(proc, sent, bound=4.0)
 
 
+def test_sigterm_ends_a_responses_stream_with_error_and_failed_events_after_the_grace():
+    with ServerProcess({"rate_limit_enabled": False, "shutdown_grace_s": 1.0}, graceful=6) as proc:
+        body = {"input": "[soak id=r pieces=400 delay=0.05]", "stream": True}
+        reader = StreamReader(proc.url + "/v1/responses", body)
+        reader.start()
+        reader.wait_events(5)
+        sent = proc.terminate()
+        reader.join(10)
+        assert reader.error is None, reader.error  # the body was ended, not cut
+        events = [event for _, event in reader.events]
+        assert [e["type"] for e in events[-3:]] == ["response.output_item.done", "error", "response.failed"]
+        assert events[-2]["code"] == "shutting_down" and events[-1]["response"]["status"] == "failed"
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        assert 0.9 <= reader.events[-1][0] - sent < 2.5 and len(events) < 100
+        assert_clean_exit(proc, sent, bound=4.0)
+
+
 def test_sigterm_lets_short_work_finish_refuses_queued_and_answers_long_json_503():
     settings = {"rate_limit_enabled": True, "rate_limit_per_second": 100, "rate_limit_min_interval_ms": 0,
                 "shutdown_grace_s": 1.5}

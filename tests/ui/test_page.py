@@ -168,7 +168,8 @@ def test_docs_show_this_servers_url(ui_server, docs_page):
 
 
 @requires_chromium
-@pytest.mark.parametrize("key", ["curl", "curl_stream", "python", "python_stream", "openai", "js", "js_stream", "gradio"])
+@pytest.mark.parametrize("key", ["curl", "curl_stream", "python", "python_stream", "openai", "openai_responses", "js", "js_stream",
+                                 "gradio"])
 def test_documented_snippet_runs_as_written(ui_server, docs_page, key, tmp_path):
     if key.startswith("js") and not shutil.which("node"):
         pytest.skip("node is not installed")
