@@ -135,12 +135,21 @@ def build_conversation(
             developer = developer.with_instructions(developer_text)
         if tools:
             described = [
-                ToolDescription.new(t["function"]["name"], t["function"].get("description") or "", t["function"].get("parameters"))
+                ToolDescription.new(t["function"]["name"], t["function"].get("description") or "", _parameters(t["function"]))
                 for t in tools
             ]
             developer = developer.with_function_tools(described)
         out.append(Message.from_role_and_content(Role.DEVELOPER, developer))
     return Conversation.from_messages(out + turns)
+
+
+def _parameters(function: dict) -> dict | None:
+    """None for a function without arguments: harmony then writes `type f = () => any;`, as gpt-oss was trained."""
+    parameters = function.get("parameters")
+    if not parameters or (parameters.get("type", "object") == "object" and not parameters.get("properties")
+                          and set(parameters) <= {"type", "properties", "required", "additionalProperties"}):
+        return None
+    return parameters
 
 
 def render_harmony_ids(messages: Iterable[Any], **options) -> list[int]:
