@@ -25,16 +25,29 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _message(m: ChatMessage) -> dict:
+    """{"role", "content"}, plus an assistant turn's "tool_calls" and a tool message's "tool_call_id"."""
+    out: dict = {"role": m.normalized_role, "content": m.text()}
+    if m.tool_calls:
+        out["tool_calls"] = [call.as_dict() for call in m.tool_calls]
+        # The reasoning that led to the calls: harmony keeps it across tool calls (other formats may ignore it).
+        if reasoning := m.reasoning or m.reasoning_content:
+            out["reasoning"] = reasoning
+    if m.role == "tool":
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
 def compose_messages(
     messages: list[ChatMessage], options: PromptOptions, now: datetime, *, date_in_text: bool = True
 ) -> list[dict]:
-    """Plain {"role", "content"} dicts with the composed system message first.
+    """Plain {"role", "content"} dicts (tool_calls / tool_call_id kept) with the composed system message first.
 
     The date line is prepended to the client's own system message when it sent one, otherwise
     to the base system prompt. `date_in_text=False` leaves the date to formats that carry it
     themselves (harmony's "Current date:").
     """
-    out = [{"role": m.normalized_role, "content": m.text()} for m in messages]
+    out = [_message(m) for m in messages]
     client_system = out[0]["content"] if out and out[0]["role"] == "system" else None
     parts = []
     if options.inject_datetime and date_in_text:

@@ -12,6 +12,7 @@ from gptoss_space.backends.base import Backend, Delta, GenerationRequest
 from gptoss_space.errors import GenerationTimeout, InvalidRequest, ModelLoading
 from gptoss_space.prompting import PromptOptions, compose_messages, utc_now
 from gptoss_space.protocol.request import ChatRequest
+from gptoss_space.protocol.tools import tool_text_size
 from gptoss_space.ratelimit.gate import Ticket
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class ChatService:
         # Every text the caller sent counts, whichever entry it came through: the page's system prompt too
         # (5 MB of it through /gradio_api/call/chat stalled the server 4.7 s before this counted it).
         chars = sum(len(m.text()) + len(m.reasoning or "") + len(m.reasoning_content or "") for m in chat.messages)
-        chars += sum(len(stop) for stop in chat.stop_list)
+        chars += sum(len(stop) for stop in chat.stop_list) + tool_text_size(chat)
         if options is not None:
             chars += len(options.system_prompt)
         if chars > s.max_total_chars:
@@ -129,6 +130,9 @@ class ChatService:
             reasoning_effort=chat.effort,
             now=now,
             inject_datetime=options.inject_datetime,
+            tools=chat.tool_dicts,
+            tool_choice=chat.tool_choice if chat.tool_dicts else None,
+            parallel_tool_calls=chat.parallel_tool_calls is not False,
         )
 
     async def admit(self, client: str) -> Ticket:

@@ -12,7 +12,9 @@ from typing import Protocol
 class GenerationRequest:
     """What a backend generates from: composed messages and resolved sampling parameters."""
 
-    messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}], system prompt already composed
+    # [{"role": "system"|"user"|"assistant"|"tool", "content": str}], system prompt already composed; an assistant
+    # message may add "tool_calls" (OpenAI's shape, arguments a JSON string), a tool message "tool_call_id".
+    messages: list[dict]
     max_tokens: int | None  # None: until the model stops, the context is full, or the server cap
     temperature: float = 0.8  # 0 means greedy
     top_p: float = 0.9
@@ -23,6 +25,12 @@ class GenerationRequest:
     reasoning_effort: str | None = None
     now: datetime | None = None  # the injected date, for formats that carry it themselves (harmony)
     inject_datetime: bool = True
+    # OpenAI function tools offered to the model ([{"type": "function", "function": {"name", "description",
+    # "parameters"}}]); empty: none offered (also when the client said tool_choice "none").
+    tools: list[dict] = field(default_factory=list)
+    tool_choice: str | dict | None = None  # "auto" | "required" | {"type": "function", "function": {"name"}} | None
+    parallel_tool_calls: bool = True  # False: at most one call in the answer
+    grammar: str | None = None  # an llguidance Lark grammar the output must follow, token by token
 
 
 @dataclass
@@ -31,7 +39,10 @@ class Delta:
 
     content: str = ""
     reasoning: str = ""
-    finish_reason: str | None = None  # "stop" | "length"
+    # Pieces of tool calls as OpenAI streams them: the first piece of a call {"index", "id", "type": "function",
+    # "function": {"name", "arguments": ""}}, later ones {"index", "function": {"arguments": "<more JSON text>"}}.
+    tool_calls: list[dict] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "tool_calls"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 

@@ -20,15 +20,33 @@ def _delta_fields(d: Delta) -> dict:
         out["reasoning"] = out["reasoning_content"] = d.reasoning
     if d.content:
         out["content"] = d.content
+    if d.tool_calls:
+        out["tool_calls"] = d.tool_calls
     return out
+
+
+def join_tool_calls(pieces: list[dict]) -> list[dict]:
+    """Streamed call pieces into whole calls (message.tool_calls), in index order: arguments joined."""
+    calls: dict[int, dict] = {}
+    for piece in pieces:
+        call = calls.setdefault(piece["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        if piece.get("id"):
+            call["id"] = piece["id"]
+        function = piece.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        call["function"]["arguments"] += function.get("arguments") or ""
+    return [calls[i] for i in sorted(calls)]
 
 
 async def collect(deltas: AsyncIterator[Delta], model: str) -> dict:
     """Drain the stream into one chat.completion body (non-streaming is the stream drained)."""
-    content, reasoning, last = [], [], Delta(finish_reason="stop", prompt_tokens=0, completion_tokens=0)
+    content, reasoning, calls = [], [], []
+    last = Delta(finish_reason="stop", prompt_tokens=0, completion_tokens=0)
     async for d in deltas:
         content.append(d.content)
         reasoning.append(d.reasoning)
+        calls += d.tool_calls
         if d.finish_reason:
             last = d
     return completion_body(
@@ -39,6 +57,7 @@ async def collect(deltas: AsyncIterator[Delta], model: str) -> dict:
         reasoning="".join(reasoning),
         finish_reason=last.finish_reason,
         usage=usage_body(last.prompt_tokens or 0, last.completion_tokens or 0),
+        tool_calls=join_tool_calls(calls),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptoss_space.errors import InvalidRequest, PayloadTooLarge
+from gptoss_space.protocol.tools import Tool, ToolCall, check_tools, parse_tool_choice
 
 MISSING_MESSAGES = "Missing messages array"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -25,17 +26,22 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     # "developer" is OpenAI's newer name for a system message.
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    # An assistant turn that called functions, and a tool message answering one of those calls.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
     # Reasoning of an earlier assistant turn; dropped from gpt-oss prompts as harmony requires.
     reasoning: str | None = None
     reasoning_content: str | None = None
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
-        # OpenAI lets only an assistant message with tool_calls omit content; this server has no tools.
-        if self.content is None:
+        # OpenAI lets only an assistant message with tool_calls omit content.
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs 'content'")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message may carry 'tool_calls'")
         return self
 
     def text(self) -> str:
@@ -82,7 +88,10 @@ class ChatRequest(BaseModel):
     model: str | None = None
     # Fields OpenAI clients rely on that this server cannot honour are refused, not ignored.
     n: Annotated[int, Field(ge=1, le=1)] | None = None
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Any = None  # "auto" | "none" | "required" | {"type": "function", "function": {"name": ...}}
+    parallel_tool_calls: bool | None = None  # false: at most one call per answer
+    # The deprecated `functions`/`function_call` pair: refused, `tools` replaces it.
     functions: list[Any] | None = None
     logprobs: bool | None = None
     response_format: dict | None = None
@@ -102,12 +111,17 @@ class ChatRequest(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return v
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _tools(cls, v: list | None) -> list | None:
+    def _functions(cls, v: list | None) -> list | None:
         if v:
-            raise ValueError("tool calling is not supported by this server")
+            raise ValueError("the deprecated 'functions' parameter is not supported; use 'tools'")
         return v
+
+    @field_validator("tool_choice", mode="plain")
+    @classmethod
+    def _tool_choice(cls, v: Any) -> Any:
+        return parse_tool_choice(v)
 
     @field_validator("logprobs")
     @classmethod
@@ -144,6 +158,13 @@ class ChatRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def tool_dicts(self) -> list[dict]:
+        """The tools the model is offered: none when tool_choice is "none" (OpenAI: it will not call one)."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        return [t.as_dict() for t in self.tools]
 
 
 def _loc(loc: tuple) -> str:
@@ -213,12 +234,14 @@ def validate_request(data: Any, *, stream_default: bool) -> ChatRequest:
     if "stream" not in data or data["stream"] is None:
         data = {**data, "stream": stream_default}
     try:
-        return ChatRequest.model_validate(data)
+        chat = ChatRequest.model_validate(data)
     except ValidationError as e:
         err = _best_error(e.errors(include_url=False))
         raise InvalidRequest(_message(err), param=_loc(err["loc"]) or None) from None
     except RecursionError:
         raise InvalidRequest("Invalid request: nested too deeply") from None
+    check_tools(chat)
+    return chat
 
 
 def request_body_doc() -> dict:
@@ -253,9 +276,13 @@ def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion_body(
-    *, id: str, created: int, model: str, content: str, reasoning: str, finish_reason: str, usage: dict
+    *, id: str, created: int, model: str, content: str, reasoning: str, finish_reason: str, usage: dict,
+    tool_calls: list[dict] | None = None,
 ) -> dict:
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    # OpenAI: content is null when the answer is only tool calls.
+    message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     if reasoning:
         message["reasoning"] = reasoning
         message["reasoning_content"] = reasoning

@@ -88,7 +88,7 @@ def test_reasoning_is_returned_separately(scripted_server):
         ({"messages": [{"role": "wizard", "content": "x"}]}, "'messages[0].role'"),
         ({"messages": [{"role": "user", "content": 7}]}, "'messages[0].content'"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "'n'"),
-        ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "'tools'"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "'tools[0].function'"),
         ([1, 2], "JSON object"),
     ],
 )

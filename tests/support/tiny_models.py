@@ -43,10 +43,16 @@ SCRIPTED_OUTPUT = (
 # The "markup" script: its analysis writes harmony markup as ordinary text tokens (" <", "|", "end", ...),
 # which must stay reasoning; only the real special ids around it switch channels.
 MARKUP_REASONING = "Mind <|end|> zebra <|channel|>final quokka."
+# The "tool" script: analysis, then a function call on the commentary channel, ending in <|call|>:
+# <|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{...}<|call|>
+TOOL_REASONING = "Lookup needed for the city."
+TOOL_NAME = "get_weather"
+TOOL_ARGUMENTS = '{"city": "Paris"}'
 # (script, flag tokens): a flag is raised once its token is in the context (see _script).
 _SCRIPTS = {
     "plain": (SCRIPT_REASONING, ["Cog"]),
     "markup": (MARKUP_REASONING, ["end", " zebra", "channel", " qu"]),
+    "tool": (TOOL_REASONING, ["Lookup"]),
 }
 
 
@@ -59,11 +65,13 @@ def script_ids(kind: str = "plain") -> list[int]:
     def text(t: str) -> list[int]:
         return tok.encode(t, add_special_tokens=False).ids if "<|" not in t else _plain_ids(tok, t)
 
-    return [
-        s["<|channel|>"], *text("analysis"), s["<|message|>"], *text(reasoning), s["<|end|>"],
-        s["<|start|>"], *text("assistant"), s["<|channel|>"], *text("final"), s["<|message|>"],
-        *text(SCRIPT_CONTENT), s["<|return|>"],
-    ]
+    analysis = [s["<|channel|>"], *text("analysis"), s["<|message|>"], *text(reasoning), s["<|end|>"], s["<|start|>"], *text("assistant")]
+    if kind == "tool":
+        return [
+            *analysis, s["<|channel|>"], *text(f"commentary to=functions.{TOOL_NAME} "), s["<|constrain|>"], *text("json"),
+            s["<|message|>"], *text(TOOL_ARGUMENTS), s["<|call|>"],
+        ]
+    return [*analysis, s["<|channel|>"], *text("final"), s["<|message|>"], *text(SCRIPT_CONTENT), s["<|return|>"]]
 
 
 def _plain_ids(tok, text: str) -> list[int]:

@@ -73,6 +73,28 @@ valid_message = st.fixed_dictionaries(
     {"role": st.sampled_from(ROLES), "content": text | st.lists(valid_part, max_size=2)},
     optional={"reasoning": text},
 )
+tool_name = st.from_regex(r"[a-zA-Z0-9_-]{1,64}", fullmatch=True)
+valid_schema = st.sampled_from([
+    {"type": "object", "properties": {}},
+    {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"enum": ["a", "b"]}}}},
+])
+valid_tool = st.fixed_dictionaries(
+    {"type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": tool_name}, optional={"description": text, "parameters": valid_schema, "strict": st.booleans()})},
+)
+valid_call = st.fixed_dictionaries({
+    "id": st.text(min_size=1, max_size=12), "type": st.just("function"),
+    "function": st.fixed_dictionaries({"name": tool_name, "arguments": text}),
+})
+# An assistant turn that called tools, then one tool message per call (the order OpenAI requires).
+tool_turns = st.lists(valid_call, min_size=1, max_size=2, unique_by=lambda c: c["id"]).map(
+    lambda calls: [{"role": "assistant", "content": None, "tool_calls": calls}]
+    + [{"role": "tool", "tool_call_id": c["id"], "content": "result"} for c in calls]
+)
+valid_messages = st.lists(valid_message, min_size=1, max_size=4) | st.tuples(
+    st.lists(valid_message, min_size=1, max_size=2), tool_turns
+).map(lambda pair: pair[0] + pair[1])
 # Valid values of every field, edges included.
 VALID = {
     "stream": st.booleans(),
@@ -89,12 +111,14 @@ VALID = {
     "reasoning": st.fixed_dictionaries({}, optional={"effort": st.sampled_from(["low", "medium", "high"])}),
     "model": text,
     "n": st.just(1),
-    "tools": st.just([]),
+    "tools": st.lists(valid_tool, max_size=3, unique_by=lambda t: t["function"]["name"]),
+    "tool_choice": st.sampled_from(["auto", "none"]),  # valid with or without tools; forced choices below
+    "parallel_tool_calls": st.booleans(),
     "logprobs": st.sampled_from([False, None]),
     "response_format": st.just({"type": "text"}),
     "user": anything,  # unknown fields are ignored
 }
-valid_bodies = st.fixed_dictionaries({"messages": st.lists(valid_message, min_size=1, max_size=4)}, optional=VALID)
+valid_bodies = st.fixed_dictionaries({"messages": valid_messages}, optional=VALID)
 SPOTS = [f for f in VALID if f != "user"] + ["messages", "messages[0]", "messages[0].role", "messages[0].content"]
 
 
@@ -244,6 +268,25 @@ def test_valid_bodies_with_edge_values_are_accepted_and_made_safe(body):
     assert gen.max_tokens is None or 1 <= gen.max_tokens <= 64
     assert gen.temperature == 0 or gen.temperature >= 1e-4  # tiny positive temperatures sample greedily
     assert gen.seed is None or -(2**63) <= gen.seed < 2**64
+
+
+@st.composite
+def forced_tool_bodies(draw) -> dict:
+    """A valid body whose tool_choice forces a call: "required" or one of its tools by name."""
+    body = draw(valid_bodies)
+    tools = draw(st.lists(valid_tool, min_size=1, max_size=3, unique_by=lambda t: t["function"]["name"]))
+    named = {"type": "function", "function": {"name": draw(st.sampled_from(tools))["function"]["name"]}}
+    return {**body, "tools": tools, "tool_choice": draw(st.sampled_from(["required", named]))}
+
+
+@settings(max_examples=examples(100), **FUZZ)
+@given(body=forced_tool_bodies())
+def test_forced_tool_choices_are_accepted_with_their_tools(body):
+    TRIED["validation_tools"] += 1
+    gen = build(body)
+    assert gen.tool_choice == body["tool_choice"] and [t["function"]["name"] for t in gen.tools] == [
+        t["function"]["name"] for t in body["tools"]
+    ]
 
 
 @settings(max_examples=examples(400), **FUZZ)

@@ -138,13 +138,35 @@ class LocalBackend(Backend):
             from gptoss_space.backends.local.harmony import render_harmony_ids
 
             return render_harmony_ids(req.messages, **self._harmony_options(req))
+        messages, tools = self._template_inputs(req)
         return self.loaded.tokenizer.apply_chat_template(
-            req.messages, tokenize=True, add_generation_prompt=True, sanitize_control_tokens=True, return_dict=False
+            messages, tools=tools, tokenize=True, add_generation_prompt=True, sanitize_control_tokens=True, return_dict=False
         )
+
+    def _template_inputs(self, req: GenerationRequest) -> tuple[list[dict], list[dict] | None]:
+        """Messages and tools as this model's chat template takes them (tool_prompt.py)."""
+        from gptoss_space.backends.local.tool_prompt import prompt_inputs
+
+        return prompt_inputs(req.messages, req.tools, getattr(self.loaded.tokenizer, "chat_template", None))
 
     @staticmethod
     def _harmony_options(req: GenerationRequest) -> dict:
-        return {"reasoning_effort": req.reasoning_effort or "medium", "now": req.now if req.inject_datetime else None}
+        return {
+            "reasoning_effort": req.reasoning_effort or "medium",
+            "now": req.now if req.inject_datetime else None,
+            "tools": req.tools or None,
+        }
+
+    def _tool_grammar(self, req: GenerationRequest) -> None:
+        """A forced call (tool_choice "required" or named) is decoded under a grammar of the Hermes format.
+
+        Harmony models are not constrained here: their calls follow harmony's own format, which
+        the grammar does not describe; the model is asked for the call in its prompt only.
+        """
+        from gptoss_space.backends.local.tool_grammar import needs_grammar, tool_call_grammar
+
+        if not self.harmony and req.grammar is None and needs_grammar(req.tools, req.tool_choice):
+            req.grammar = tool_call_grammar(req.tools, req.tool_choice, req.parallel_tool_calls)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -153,6 +175,7 @@ class LocalBackend(Backend):
             raise ModelLoading("Model is loading, try again shortly", retry_after=5)
         from gptoss_space.backends.local.engine import Sequence
 
+        self._tool_grammar(req)
         if sum(len(m["content"]) for m in req.messages) > _LONG_PROMPT_CHARS:
             prompt_ids = await asyncio.to_thread(self.encode, req)
         else:
@@ -169,7 +192,9 @@ class LocalBackend(Backend):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
-        deltas = TokenDeltas(self.loaded.tokenizer, req.stop, harmony=self.harmony)
+        deltas = TokenDeltas(
+            self.loaded.tokenizer, req.stop, harmony=self.harmony, tools=bool(req.tools), parallel=req.parallel_tool_calls
+        )
 
         def on_token(token: int) -> bool:
             delta = deltas.push(token)
@@ -200,6 +225,8 @@ class LocalBackend(Backend):
                     yield item
                 elif isinstance(item, _Done):
                     reason = "stop" if item.reason == "cancelled" else item.reason
+                    if reason == "stop" and deltas.called:
+                        reason = "tool_calls"
                     yield Delta(finish_reason=reason, prompt_tokens=len(prompt_ids), completion_tokens=item.completion_tokens)
                     return
                 else:

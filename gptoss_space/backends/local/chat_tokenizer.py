@@ -136,9 +136,11 @@ class ChatTokenizer:
                 raise ValueError("`sanitize_control_tokens=True` requires `tokenize=True`.")
             pattern, _ = _control_patterns(self._control_tokens())
             chat, kwargs = _mark(chat, pattern), _mark(kwargs, pattern)
+        tools = kwargs.pop("tools", None) or None  # OpenAI function tools, as transformers passes dicts through
+        documents = kwargs.pop("documents", None) or None
         variables = {**self.special_tokens_map, **kwargs}
         text = compile_template(self.chat_template).render(
-            messages=[_alias_reasoning(m) for m in chat], tools=None, documents=None,
+            messages=[_alias_reasoning(m) for m in chat], tools=tools, documents=documents,
             add_generation_prompt=add_generation_prompt, **variables
         )
         if not tokenize:

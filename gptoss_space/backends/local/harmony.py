@@ -55,6 +55,7 @@ def build_conversation(
     reasoning_effort: str | None = "medium",
     now: datetime | None = None,
     model_identity: str = DEFAULT_MODEL_IDENTITY,
+    tools: list[dict] | None = None,
 ):
     """The harmony Conversation for chat messages: system content, developer instructions, the turns.
 
@@ -62,9 +63,23 @@ def build_conversation(
     out when None, as harmony does without a conversation date) and the reasoning effort; every
     system/developer message becomes the developer instructions (joined by a blank line); earlier
     assistant turns keep only their final answer (harmony drops past analysis, so a `reasoning`
-    field on a message is ignored).
+    field on a message is ignored), except a turn that called tools: its reasoning is kept as
+    analysis (harmony keeps the chain of thought across tool calls), its content as a commentary
+    preamble, and each call is a commentary message `to=functions.NAME` `<|constrain|>json`. A
+    tool message is a message from `functions.NAME` (the name of the call it answers) to the
+    assistant on the commentary channel. `tools` (OpenAI function tools) go into the developer
+    message as the `functions` namespace.
     """
-    from openai_harmony import Conversation, DeveloperContent, Message, ReasoningEffort, Role, SystemContent
+    from openai_harmony import (
+        Author,
+        Conversation,
+        DeveloperContent,
+        Message,
+        ReasoningEffort,
+        Role,
+        SystemContent,
+        ToolDescription,
+    )
 
     effort = (reasoning_effort or "medium").lower()
     if effort not in REASONING_EFFORTS:
@@ -80,22 +95,61 @@ def build_conversation(
 
     instructions: list[str] = []
     turns = []
+    names: dict[str, str] = {}  # tool_call_id -> function name
     for message in messages:
         role = _field(message, "role")
         text = _content_text(_field(message, "content"))
+        calls = _field(message, "tool_calls") or []
         if role in ("system", "developer"):
             instructions.append(text)
         elif role == "user":
             turns.append(Message.from_role_and_content(Role.USER, text))
+        elif role == "assistant" and calls:
+            reasoning = _field(message, "reasoning")
+            if reasoning:
+                turns.append(Message.from_role_and_content(Role.ASSISTANT, reasoning).with_channel("analysis"))
+            if text:
+                turns.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("commentary"))
+            for call in calls:
+                name = call["function"]["name"]
+                names[call["id"]] = name
+                turns.append(
+                    Message.from_role_and_content(Role.ASSISTANT, call["function"]["arguments"])
+                    .with_channel("commentary")
+                    .with_recipient(f"functions.{name}")
+                    .with_content_type("<|constrain|>json")
+                )
         elif role == "assistant":
             turns.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("final"))
+        elif role == "tool":
+            name = names.get(_field(message, "tool_call_id"), "unknown")
+            author = Author.new(Role.TOOL, f"functions.{name}")
+            turns.append(Message.from_author_and_content(author, text).with_recipient("assistant").with_channel("commentary"))
         else:
             raise ValueError(f"unsupported role for a harmony prompt: {role!r}")
     out = [Message.from_role_and_content(Role.SYSTEM, system)]
-    developer = "\n\n".join(t for t in instructions if t)
-    if developer:
-        out.append(Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(developer)))
+    developer_text = "\n\n".join(t for t in instructions if t)
+    if developer_text or tools:
+        developer = DeveloperContent.new()
+        if developer_text:
+            developer = developer.with_instructions(developer_text)
+        if tools:
+            described = [
+                ToolDescription.new(t["function"]["name"], t["function"].get("description") or "", _parameters(t["function"]))
+                for t in tools
+            ]
+            developer = developer.with_function_tools(described)
+        out.append(Message.from_role_and_content(Role.DEVELOPER, developer))
     return Conversation.from_messages(out + turns)
+
+
+def _parameters(function: dict) -> dict | None:
+    """None for a function without arguments: harmony then writes `type f = () => any;`, as gpt-oss was trained."""
+    parameters = function.get("parameters")
+    if not parameters or (parameters.get("type", "object") == "object" and not parameters.get("properties")
+                          and set(parameters) <= {"type", "properties", "required", "additionalProperties"}):
+        return None
+    return parameters
 
 
 def render_harmony_ids(messages: Iterable[Any], **options) -> list[int]:
@@ -119,25 +173,64 @@ class _PlainText:
 
 
 class HarmonyParser:
-    """Generated ids -> (reasoning, content) deltas, with harmony's StreamableParser.
+    """Generated ids -> (reasoning, content) deltas and tool call pieces, with harmony's StreamableParser.
 
     Routing: `analysis` -> reasoning; `final` -> content; `commentary` -> content when it is a
-    preamble (harmony shows those to the user), reasoning when it is a tool call (a recipient:
-    arguments are not an answer, and this server offers no tools); a message without a channel
+    preamble (harmony shows those to the user); a message to `functions.NAME` -> a tool call when
+    the request offered tools (take_calls(): OpenAI's streamed pieces, the first with id and name
+    once the header is read, then the arguments as they come), reasoning otherwise, as is a message
+    to any other recipient (a built-in tool this server does not run); a message without a channel
     -> content. Header text (role, channel, recipient) is never emitted, nor is a special token
     met inside a message. A model that breaks the format (the parser raises) is not an error:
     the held header and everything after it are streamed as content, decoded without special
     tokens, so the user still gets the text and never markup.
     """
 
-    def __init__(self, encoding=None):
+    def __init__(self, encoding=None, *, tools: bool = False, parallel: bool = True):
         from openai_harmony import Role, StreamableParser, StreamState
 
         self._encoding = encoding or harmony_encoding()
         self._parser = StreamableParser(self._encoding, role=Role.ASSISTANT)
         self._header_state = StreamState.HEADER
+        self._content_state = StreamState.CONTENT
         self._held: list[int] = []  # ids of a header still being read: text if the format breaks
         self._plain: IncrementalDecoder | None = None
+        self._tools, self._parallel = tools, parallel
+        self._calls: list[dict] = []  # pieces not yet taken
+        self._call_message = -1  # the index of the message the current call is
+        self.calls = 0
+        self.done = False  # parallel_tool_calls false and one call complete
+
+    @property
+    def called(self) -> bool:
+        return self.calls > 0
+
+    def take_calls(self) -> list[dict]:
+        calls, self._calls = self._calls, []
+        return calls
+
+    def _function(self) -> str | None:
+        """The function the message being read calls, when tools are offered."""
+        recipient = self._parser.current_recipient
+        if self._tools and recipient and recipient.startswith("functions.") and len(recipient) > len("functions."):
+            return recipient[len("functions."):]
+        return None
+
+    def _route_call(self) -> None:
+        """A call's first piece once its header is read; a second call ends the row without parallel calls."""
+        from gptoss_space.backends.local.tool_parse import new_call_id
+
+        parser = self._parser
+        index = len(parser.messages)
+        if not self._parallel and self.calls and index != self._call_message:
+            self.done = True
+        if parser.state is self._content_state and index != self._call_message and not self.done:
+            name = self._function()
+            if name is not None:
+                self._call_message = index
+                self.calls += 1
+                piece = {"index": self.calls - 1, "id": new_call_id(), "type": "function", "function": {"name": name, "arguments": ""}}
+                self._calls.append(piece)
 
     def push(self, token: int) -> tuple[str, str]:
         from openai_harmony import HarmonyError
@@ -153,8 +246,12 @@ class HarmonyParser:
             self._held.append(token)
         else:
             self._held.clear()
+        self._route_call()
         delta = parser.last_content_delta
-        if not delta or self._encoding.is_special_token(token):
+        if not delta or self._encoding.is_special_token(token) or self.done:
+            return "", ""
+        if self._call_message == len(parser.messages) and self._function() is not None:
+            self._calls.append({"index": self.calls - 1, "function": {"arguments": delta}})
             return "", ""
         channel = parser.current_channel
         if channel == "analysis" or (channel == "commentary" and parser.current_recipient):

@@ -149,6 +149,10 @@ class ProxyBackend(Backend):
             "presence_penalty": req.presence_penalty or None,
             "frequency_penalty": req.frequency_penalty or None,
             "reasoning_effort": req.reasoning_effort or None,
+            # The upstream runs the tools protocol itself; its calls come back as Delta.tool_calls (sse_parse.py).
+            "tools": req.tools or None,
+            "tool_choice": req.tool_choice if req.tools else None,
+            "parallel_tool_calls": False if req.tools and not req.parallel_tool_calls else None,
         }
         body.update((k, v) for k, v in optional.items() if v is not None)
         return body

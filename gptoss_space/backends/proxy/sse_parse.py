@@ -146,6 +146,7 @@ class AnswerReader:
             self.prompt_tokens = _int(usage.get("prompt_tokens"))
             self.completion_tokens = _int(usage.get("completion_tokens"))
         content = reasoning = ""
+        calls: list[dict] = []
         choices = chunk.get("choices") or []
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]  # we ask for one choice
@@ -154,14 +155,15 @@ class AnswerReader:
                 content = _text(delta.get("content"))
                 # vLLM/SGLang/DeepSeek say reasoning_content, Ollama/OpenRouter say reasoning; some send both.
                 reasoning = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
+                calls = tool_call_pieces(delta.get("tool_calls"))
             content = content or _text(choice.get("text"))
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
-        if not content and not reasoning:
+        if not content and not reasoning and not calls:
             return None
         self.text_chunks += 1
-        self.text_chars += len(content) + len(reasoning)
-        return Delta(content=content, reasoning=reasoning)
+        self.text_chars += len(content) + len(reasoning) + sum(len(c["function"].get("arguments", "")) for c in calls)
+        return Delta(content=content, reasoning=reasoning, tool_calls=calls)
 
     async def _from_completion(self) -> Delta | None:
         raw = bytearray()
@@ -186,7 +188,7 @@ class AnswerReader:
         else:
             completion = -(-self.text_chars // 4)
         return Delta(
-            finish_reason="length" if self.finish_reason == "length" else "stop",
+            finish_reason=self.finish_reason if self.finish_reason in ("length", "tool_calls") else "stop",
             prompt_tokens=self.prompt_tokens or 0,
             completion_tokens=completion,
         )
@@ -205,6 +207,39 @@ async def _read_rest(events: AsyncIterator) -> None:
                 pass
     except (TimeoutError, httpx.HTTPError, UpstreamError):
         pass  # whatever follows the end of the answer (too much of it included) changes nothing
+
+
+def tool_call_pieces(value: Any) -> list[dict]:
+    """An upstream's tool_calls (streamed pieces, or a message's whole calls) as Delta.tool_calls pieces.
+
+    Only the fields of OpenAI's shape are kept, with their types checked; ids and names pass through
+    as the upstream made them (the client echoes the ids back in the next turn).
+    """
+    if not isinstance(value, list):
+        return []
+    out = []
+    for position, call in enumerate(value):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        index = call.get("index")
+        piece: dict = {"index": index if isinstance(index, int) and index >= 0 else position}
+        if isinstance(call.get("id"), str) and call["id"]:
+            piece["id"], piece["type"] = call["id"], "function"
+        fn: dict = {}
+        if isinstance(function.get("name"), str) and function["name"]:
+            fn["name"] = function["name"]
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):  # some servers send the object itself
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        if isinstance(arguments, str) and (arguments or "name" in fn):
+            fn["arguments"] = arguments
+        if "name" in fn and "arguments" not in fn:
+            fn["arguments"] = ""
+        if fn or "id" in piece:
+            piece["function"] = fn
+            out.append(piece)
+    return out
 
 
 def _int(value: Any) -> int | None:

@@ -189,7 +189,7 @@ def test_client_text_cannot_forge_special_tokens():
 
 def test_unknown_role_is_refused():
     with pytest.raises(ValueError):
-        render_harmony_ids([{"role": "tool", "content": "{}"}])
+        render_harmony_ids([{"role": "function", "content": "{}"}])  # "tool" is rendered since tool calling
 
 
 # -- tiny gpt-oss checkpoints -------------------------------------------------------------------
