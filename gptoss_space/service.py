@@ -91,6 +91,9 @@ class ChatService:
             reasoning_effort=chat.effort,
             now=now,
             inject_datetime=options.inject_datetime,
+            # Compiled (and refused with a 400) here, before the request queues; only a local backend enforces it.
+            grammar=chat.grammar() if getattr(self.backend, "kind", "") == "local" else None,
+            response_format=chat.response_format_sent,
         )
 
     async def admit(self, client: str) -> Ticket:

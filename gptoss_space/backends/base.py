@@ -23,6 +23,11 @@ class GenerationRequest:
     reasoning_effort: str | None = None
     now: datetime | None = None  # the injected date, for formats that carry it themselves (harmony)
     inject_datetime: bool = True
+    # Constrained decoding (local backend): llguidance Lark text, which may embed JSON schemas (`%json {...}`);
+    # see backends/local/grammar.py. None: free text.
+    grammar: str | None = None
+    # The client's response_format as it sent it, for a proxy to forward unchanged; None when absent.
+    response_format: dict | None = None
 
 
 @dataclass

@@ -149,6 +149,7 @@ class ProxyBackend:
             "presence_penalty": req.presence_penalty or None,
             "frequency_penalty": req.frequency_penalty or None,
             "reasoning_effort": req.reasoning_effort or None,
+            "response_format": req.response_format,
         }
         body.update((k, v) for k, v in optional.items() if v is not None)
         return body
