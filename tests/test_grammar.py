@@ -101,9 +101,11 @@ def test_rows_without_a_grammar_are_untouched(small_vocab):
     logits = torch.randn(3, small_vocab.n_vocab, generator=g)
     free = [Sampler(temperature=0.0), Sampler(temperature=0.0)]
     alone = choose(logits[[0, 2]], free)
-    mixed = choose(logits, [free[0], Sampler(temperature=0.0, grammar=small_vocab.matcher(json_object_grammar())), free[1]])
+    masked = logits.clone()
+    mixed = choose(masked, [free[0], Sampler(temperature=0.0, grammar=small_vocab.matcher(json_object_grammar())), free[1]])
     assert [mixed[0], mixed[2]] == alone
-    assert logits.isfinite().all()  # the caller's logits are not changed in place
+    assert torch.equal(masked[[0, 2]], logits[[0, 2]])  # only the grammar row's logits are masked
+    assert masked[1].isinf().sum() > 0 and torch.equal(masked[1].isfinite().nonzero().flatten(), torch.tensor([small_vocab.tokenizer.tokenize_str("{")[0]]))
 
 
 @pytest.mark.parametrize(

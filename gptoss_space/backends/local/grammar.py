@@ -151,7 +151,13 @@ class Matcher:
 
 
 def apply_masks(logits: torch.Tensor, rows: list[int], matchers: list[Matcher]) -> torch.Tensor:
-    """`logits` [rows, vocab] with the forbidden ids of each constrained row at -inf (a copy; the input is kept)."""
+    """`logits` [rows, vocab] with the forbidden ids of each constrained row at -inf, in place; returns it.
+
+    Every runner hands over fresh logits each step, so no copy is made. The fill goes in pieces
+    below torch's parallel grain (32,768 elements): one 49k-element op is split across the OpenMP
+    threads, and on a busy machine waiting for the second thread cost 15-40 ms a step where the
+    whole mask costs ~0.2 ms on one thread.
+    """
     width = logits.shape[-1]
     bits = np.zeros((len(rows), matchers[0].vocab.words), dtype=np.int32)
     for j, m in enumerate(matchers):
@@ -161,11 +167,14 @@ def apply_masks(logits: torch.Tensor, rows: list[int], matchers: list[Matcher]) 
     if empty.any():  # a failed matcher allows nothing: end the row rather than sample from no token at all
         for j in np.flatnonzero(empty):
             allowed[j, [e for e in matchers[j].vocab.eos_ids if e < width]] = True
-    index = torch.tensor(rows, device=logits.device)
     forbid = torch.from_numpy(~allowed).to(logits.device)
-    out = logits.clone()
-    out[index] = out[index].masked_fill(forbid, float("-inf"))
-    return out
+    for j, row in enumerate(rows):
+        for piece, no in zip(logits[row].split(_PIECE), forbid[j].split(_PIECE)):
+            piece.masked_fill_(no, float("-inf"))
+    return logits
+
+
+_PIECE = 16384
 
 
 class VocabularyCache:
