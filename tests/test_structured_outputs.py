@@ -15,8 +15,11 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gptoss_space.backends.proxy.backend import ProxyBackend
+from gptoss_space.errors import InvalidRequest
 from gptoss_space.protocol.request import validate_request
 from gptoss_space.service import ChatService
 from tests.conftest import make_settings
@@ -143,3 +146,71 @@ def test_proxy_forwards_response_format_unchanged():
     assert backend.body(req)["response_format"] == fmt
     plain = service.build(validate_request({"messages": ASK}, stream_default=False))
     assert "response_format" not in backend.body(plain)
+
+
+# -- gpt-oss (harmony): the grammar binds the final channel, the analysis runs free ------------------
+
+
+@pytest.fixture(scope="module")
+def gptoss_server(tmp_path_factory):
+    from gptoss_space.http.app import create_app
+    from tests.support.servers import LiveServer
+    from tests.support.tiny_models import build_tiny_gpt_oss
+
+    path = build_tiny_gpt_oss(tmp_path_factory.mktemp("tiny-gpt-oss-format"), scripted=True)
+    app = create_app(make_settings(model=str(path), model_name="gpt-oss-tiny"), with_ui=False)
+    with LiveServer(app, ready_path="/api") as server:
+        yield server
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gpt_oss_answer_follows_the_schema_and_keeps_its_reasoning(gptoss_server, stream):
+    from tests.support.tiny_models import SCRIPT_REASONING
+
+    schema = {"type": "object", "properties": {"digit": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["digit"],
+              "additionalProperties": False}
+    client = openai.OpenAI(base_url=gptoss_server.url + "/v1", api_key="unused", max_retries=0)
+    kw = dict(model="gpt-oss-tiny", messages=[{"role": "user", "content": "Hello!"}], temperature=0, max_tokens=80,
+              response_format={"type": "json_schema", "json_schema": {"name": "d", "schema": schema}})
+    if stream:
+        content, reasoning, finish = "", "", None
+        for chunk in client.chat.completions.create(stream=True, **kw):
+            for c in chunk.choices:
+                content += c.delta.content or ""
+                reasoning += getattr(c.delta, "reasoning_content", None) or getattr(c.delta, "reasoning", None) or ""
+                finish = c.finish_reason or finish
+    else:
+        r = client.chat.completions.create(**kw)
+        content, finish = r.choices[0].message.content, r.choices[0].finish_reason
+        reasoning = r.choices[0].message.model_extra.get("reasoning_content")
+    assert finish == "stop", content
+    jsonschema.validate(json.loads(content), schema)  # the scripted model would have written "Hello from gpt-oss!"
+    assert reasoning == SCRIPT_REASONING  # the analysis channel was not constrained
+
+
+# -- compiling whatever schema a client sends: a grammar or a 400, never another error --------------
+
+keywords = st.sampled_from(
+    ["type", "properties", "required", "items", "enum", "const", "minimum", "maximum", "minLength", "maxLength",
+     "pattern", "format", "anyOf", "oneOf", "allOf", "$ref", "$defs", "additionalProperties", "minItems", "uniqueItems"]
+)
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=6)
+    | st.sampled_from(["object", "string", "integer", "array", "number", "#", "#/$defs/a", "date-time", "^a+$", "[", "(?<=x)"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keywords | st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
+schemas = st.dictionaries(keywords, values, max_size=5)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(schema=schemas)
+def test_any_schema_compiles_or_is_refused_naming_response_format(schema):
+    body = {"messages": ASK, "response_format": {"type": "json_schema", "json_schema": {"name": "f", "schema": schema}}}
+    chat = validate_request(body, stream_default=False)
+    try:
+        grammar = chat.grammar()
+    except InvalidRequest as e:
+        assert e.param == "response_format" and e.message.startswith("Invalid 'response_format': ")
+    else:
+        assert grammar.startswith("start: %json ")
