@@ -78,6 +78,8 @@ async def grammar_figures(url: str, *, tokens: int = 128, reps: int = 3, clients
         "constrained_runs": [round(r, 1) for r in constrained],
     }
     out["ratio"] = out["constrained_tps"] / out["free_tps"]
+    # The best run of each: other load on the machine only ever slows a run down.
+    out["best_ratio"] = max(constrained) / max(free)
     plain = await run_concurrent(url, [_body(False, tokens) for _ in range(clients)])
     mixed = await run_concurrent(url, [_body(i % 2 == 1, tokens) for i in range(clients)])
     for res, i in zip(mixed.streams, range(clients)):
@@ -98,7 +100,7 @@ def table(f: dict) -> str:
         "| stream | decode tok/s |",
         "| --- | --- |",
         f"| free (one stream) | {f['free_tps']:.1f} |",
-        f"| json_schema (one stream) | {f['constrained_tps']:.1f} ({f['ratio']:.2f}x) |",
+        f"| json_schema (one stream) | {f['constrained_tps']:.1f} ({f['ratio']:.2f}x; best runs {f['best_ratio']:.2f}x) |",
         f"| {f['clients']} free clients, all tokens / wall | {f['free_batch_tps']:.1f} |",
         f"| {f['clients']} mixed clients (half json_schema) | {f['mixed_batch_tps']:.1f} ({f['mixed_ratio']:.2f}x) |",
     ])

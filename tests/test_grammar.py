@@ -208,3 +208,20 @@ def test_paged_engine_batches_a_grammar_row_with_a_free_one(gpt_oss_tiny, o200k)
     assert harmony.reason == "stop"
     text = tok.decode(harmony.tokens, skip_special_tokens=False)
     assert text.startswith("<|channel|>final<|message|>") and json.loads(text.split("<|message|>", 1)[1]) in (1, 2, 3), text
+
+
+def test_a_matcher_pickles_with_its_progress(small_tok, small_vocab):
+    """ZeroGPU sends each request's sampler to a worker process: the grammar must cross it, state included."""
+    import pickle
+
+    import numpy as np
+
+    m = small_vocab.matcher(json_schema_grammar(SCHEMA))
+    for t in small_tok.encode('{"name": "Al'):
+        m.advance(t)
+    copy = pickle.loads(pickle.dumps(Sampler(temperature=0.0, grammar=m))).grammar
+    assert copy.vocab is small_vocab  # found in this process, not built again
+    a, b = np.zeros(small_vocab.words, np.int32), np.zeros(small_vocab.words, np.int32)
+    m.fill(a)
+    copy.fill(b)
+    assert (a == b).all() and a.any()

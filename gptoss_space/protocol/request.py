@@ -8,9 +8,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptoss_space.errors import InvalidRequest, PayloadTooLarge
+from gptoss_space.protocol.response_format import ResponseFormat, format_grammar, parse_response_format
 
 MISSING_MESSAGES = "Missing messages array"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -58,51 +59,6 @@ class StreamOptions(BaseModel):
 class ReasoningOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     effort: Literal["low", "medium", "high"] | None = None
-
-
-class JSONSchemaSpec(BaseModel):
-    """response_format.json_schema, as OpenAI defines it. `strict` is accepted; the schema is always enforced."""
-
-    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=False)
-    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
-    description: str | None = None
-    schema_: dict = Field(alias="schema")
-    strict: bool | None = None
-
-
-class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: Literal["text"]
-
-
-class JSONObjectFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: Literal["json_object"]
-
-
-class JSONSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: Literal["json_schema"]
-    json_schema: JSONSchemaSpec
-
-
-ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")]
-_RESPONSE_FORMAT = TypeAdapter(ResponseFormat)
-
-
-def _format_error(e: ValidationError) -> str:
-    """One sub-error of response_format as 'json_schema.name: ...' (the union's tag left out of the path)."""
-    err = e.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"]]
-    if loc and loc[0] in ("text", "json_object", "json_schema") and len(loc) > 1:
-        loc = loc[1:]  # the discriminator's branch name
-    where = ".".join(loc)
-    msg = err["msg"]
-    if err["type"] == "union_tag_invalid":
-        msg = "'type' must be one of 'text', 'json_object', 'json_schema'"
-    elif err["type"] == "union_tag_not_found":
-        msg = "'type' is required ('text', 'json_object' or 'json_schema')"
-    return f"{where}: {msg}" if where else msg
 
 
 class ChatRequest(BaseModel):
@@ -164,15 +120,7 @@ class ChatRequest(BaseModel):
     @field_validator("response_format", mode="before")
     @classmethod
     def _response_format(cls, v: Any) -> Any:
-        # Validated here so every fault is reported as 'response_format', with the sub-field in the message.
-        if v is None:
-            return v
-        if not isinstance(v, dict):
-            raise ValueError("must be an object such as {\"type\": \"json_object\"}")
-        try:
-            return _RESPONSE_FORMAT.validate_python(v)
-        except ValidationError as e:
-            raise ValueError(_format_error(e)) from None
+        return parse_response_format(v)
 
     @property
     def response_format_sent(self) -> dict | None:
@@ -181,23 +129,8 @@ class ChatRequest(BaseModel):
         return None if fmt is None else fmt.model_dump(by_alias=True, exclude_unset=True)
 
     def grammar(self) -> str | None:
-        """The grammar (llguidance Lark text) response_format asks for, compile-checked; None for free text.
-
-        Raises InvalidRequest naming response_format when the schema cannot compile. A grammar over
-        grammar.INLINE_CHECK_CHARS is left to the backend, which compiles it off the event loop anyway.
-        """
-        from gptoss_space.backends.local import grammar as g
-
-        fmt = self.response_format
-        if fmt is None or fmt.type == "text":
-            return None
-        text = g.json_object_grammar() if fmt.type == "json_object" else g.json_schema_grammar(fmt.json_schema.schema_)
-        if len(text) <= g.INLINE_CHECK_CHARS:
-            try:
-                g.compile_check(text)
-            except g.GrammarError as e:
-                raise InvalidRequest(f"Invalid 'response_format': {e}", param="response_format") from None
-        return text
+        """The grammar response_format asks for, compile-checked (InvalidRequest naming it); None for free text."""
+        return format_grammar(self.response_format)
 
     @property
     def stop_list(self) -> list[str]:
