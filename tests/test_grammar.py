@@ -3,7 +3,7 @@
 Mask level: random logits sampled at temperature 1 through `sampling.choose` can only spell
 JSON that validates against the schema, and stop once it is complete. Engine level: on a tiny
 random Llama (the lean Engine) and a tiny random gpt-oss (PagedEngine, transformers' continuous
-batching), a grammar row and a free row decode in one batch: the grammar row's text validates
+batching; the lean Engine over transformers' forward too), a grammar row and a free row decode in one batch: the grammar row's text validates
 and ends with "stop", the free row's tokens are those it gets alone.
 """
 
@@ -156,9 +156,10 @@ def tiny_llama(tmp_path_factory):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def test_lean_engine_batches_a_grammar_row_with_a_free_one(tiny_llama, small_tok, small_vocab):
-    engine = Engine(tiny_llama, eos_ids=set(small_vocab.eos_ids), max_batch_size=4, max_context=256, pad_id=0, runner="lean")
-    assert type(engine.runner).__name__ == "LlamaRunner"
+@pytest.mark.parametrize("runner", ["lean", "transformers"])
+def test_engine_batches_a_grammar_row_with_a_free_one(tiny_llama, small_tok, small_vocab, runner):
+    engine = Engine(tiny_llama, eos_ids=set(small_vocab.eos_ids), max_batch_size=4, max_context=256, pad_id=0, runner=runner)
+    assert type(engine.runner).__name__ == {"lean": "LlamaRunner", "transformers": "HFRunner"}[runner]
     engine.start()
     try:
         prompt = small_tok.encode("Hello! How are you today?")

@@ -239,7 +239,8 @@ def request_body_doc() -> dict:
         if isinstance(node, dict):
             if "$ref" in node:
                 return inline(defs[node["$ref"].rsplit("/", 1)[1]])
-            return {k: inline(v) for k, v in node.items()}
+            # A discriminator's mapping points into $defs, which are inlined away: oneOf says the same.
+            return {k: inline(v) for k, v in node.items() if k != "discriminator"}
         return [inline(v) for v in node] if isinstance(node, list) else node
 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
