@@ -17,6 +17,7 @@ import torch
 
 from gptoss_space.backends.local.engine import Engine
 from gptoss_space.backends.local.grammar import (
+    HARMONY_ANALYSIS,
     GrammarError,
     Vocabulary,
     compile_check,
@@ -226,3 +227,18 @@ def test_a_matcher_pickles_with_its_progress(small_tok, small_vocab):
     m.fill(a)
     copy.fill(b)
     assert (a == b).all() and a.any()
+
+
+def test_a_harmony_grammar_naming_its_channel_is_taken_whole(o200k):
+    """A tool call on the commentary channel: the grammar describes the whole output, no final channel forced."""
+    tok, vocab = o200k
+    grammar = ('start: analysis? <|channel|> "commentary to=functions.get_weather" <|constrain|> "json" <|message|> '
+               '%json {"type": "object", "properties": {"city": {"const": "Paris"}}, "required": ["city"]}\n' + HARMONY_ANALYSIS)
+    compile_check(grammar)
+    m = vocab.matcher(grammar, harmony=True)
+    text = ('<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather'
+            '<|constrain|>json<|message|>{"city": "Paris"}')
+    for t in tok.encode(text, add_special_tokens=False):
+        m.advance(t)
+        assert not m._m.is_error(), m._m.get_error()
+    assert m.done and m.accepting

@@ -32,7 +32,9 @@ a larger grammar is compiled only in a worker thread (a 337 KB schema: 206 ms to
 
 For gpt-oss (harmony) the grammar applies to the final channel only: `Vocabulary.matcher(...,
 harmony=True)` wraps it in a grammar that lets the analysis channel run free, then requires
-`<|channel|>final<|message|>` followed by the request's grammar.
+`<|channel|>final<|message|>` followed by the request's grammar. A grammar that names
+`<|channel|>` itself (a tool call on the commentary channel) describes the whole harmony output
+and is not wrapped (`wraps_for_harmony`); `HARMONY_ANALYSIS` is the free analysis rule to reuse.
 """
 
 from __future__ import annotations
@@ -54,11 +56,12 @@ JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 # Grammars up to this size are compiled on the request path (~0.6 ms a KB); larger ones only off the event loop.
 INLINE_CHECK_CHARS = 8192
 
-_HARMONY_FINAL = r"""
-start: analysis? <|channel|> "final" <|message|> @answer
+# An optional free analysis message, up to the `<|start|>assistant` of the next one (rules for Lark text).
+HARMONY_ANALYSIS = r"""
 analysis: <|channel|> "analysis" <|message|> REASONING <|end|> <|start|> "assistant"
 REASONING: /(.|\n)*/
 """
+_HARMONY_FINAL = 'start: analysis? <|channel|> "final" <|message|> @answer\n' + HARMONY_ANALYSIS
 
 
 class GrammarError(ValueError):
@@ -81,9 +84,14 @@ def _llg():
     return llguidance
 
 
+def wraps_for_harmony(grammar: str) -> bool:
+    """Whether a harmony model's grammar is wrapped to bind the final channel (it does not name a channel itself)."""
+    return "<|channel|>" not in grammar
+
+
 def _serialized(grammar: str, harmony: bool) -> str:
     llg = _llg()
-    if not harmony:
+    if not harmony or not wraps_for_harmony(grammar):
         return llg.LLMatcher.grammar_from_lark(grammar)
     return json.dumps({"grammars": [{"lark_grammar": _HARMONY_FINAL}, {"name": "answer", "lark_grammar": grammar}]})
 
