@@ -133,6 +133,9 @@ class ChatService:
             tools=chat.tool_dicts,
             tool_choice=chat.tool_choice if chat.tool_dicts else None,
             parallel_tool_calls=chat.parallel_tool_calls is not False,
+            # Compiled (and refused with a 400) here, before the request queues; only a local backend enforces it.
+            grammar=chat.grammar() if self.backend.kind == "local" else None,
+            response_format=chat.response_format_sent,
         )
 
     async def admit(self, client: str) -> Ticket:

@@ -30,7 +30,11 @@ class GenerationRequest:
     tools: list[dict] = field(default_factory=list)
     tool_choice: str | dict | None = None  # "auto" | "required" | {"type": "function", "function": {"name"}} | None
     parallel_tool_calls: bool = True  # False: at most one call in the answer
-    grammar: str | None = None  # an llguidance Lark grammar the output must follow, token by token
+    # Constrained decoding (local backend): llguidance Lark text, which may embed JSON schemas (`%json {...}`);
+    # see backends/local/grammar.py. None: free text.
+    grammar: str | None = None
+    # The client's response_format as it sent it, for a proxy to forward unchanged; None when absent.
+    response_format: dict | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptoss_space.errors import InvalidRequest, PayloadTooLarge
+from gptoss_space.protocol.response_format import ResponseFormat, format_grammar, parse_response_format
 from gptoss_space.protocol.tools import Tool, ToolCall, check_tools, parse_tool_choice
 
 MISSING_MESSAGES = "Missing messages array"
@@ -94,7 +95,7 @@ class ChatRequest(BaseModel):
     # The deprecated `functions`/`function_call` pair: refused, `tools` replaces it.
     functions: list[Any] | None = None
     logprobs: bool | None = None
-    response_format: dict | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("max_tokens", "max_completion_tokens")
     @classmethod
@@ -130,12 +131,20 @@ class ChatRequest(BaseModel):
             raise ValueError("logprobs are not supported by this server")
         return v
 
-    @field_validator("response_format")
+    @field_validator("response_format", mode="before")
     @classmethod
-    def _response_format(cls, v: dict | None) -> dict | None:
-        if v is not None and v.get("type", "text") != "text":
-            raise ValueError("only response_format type 'text' is supported")
-        return v
+    def _response_format(cls, v: Any) -> Any:
+        return parse_response_format(v)
+
+    @property
+    def response_format_sent(self) -> dict | None:
+        """response_format as the client sent it (for a proxy to forward unchanged)."""
+        fmt = self.response_format
+        return None if fmt is None else fmt.model_dump(by_alias=True, exclude_unset=True)
+
+    def grammar(self) -> str | None:
+        """The grammar response_format asks for, compile-checked (InvalidRequest naming it); None for free text."""
+        return format_grammar(self.response_format)
 
     @property
     def stop_list(self) -> list[str]:
@@ -253,7 +262,8 @@ def request_body_doc() -> dict:
         if isinstance(node, dict):
             if "$ref" in node:
                 return inline(defs[node["$ref"].rsplit("/", 1)[1]])
-            return {k: inline(v) for k, v in node.items()}
+            # A discriminator's mapping points into $defs, which are inlined away: oneOf says the same.
+            return {k: inline(v) for k, v in node.items() if k != "discriminator"}
         return [inline(v) for v in node] if isinstance(node, list) else node
 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

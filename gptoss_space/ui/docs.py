@@ -63,7 +63,7 @@ def parameters_md(f: Facts) -> str:
     ]
     lines = ["| Parameter | Type | Required | Description |", "|---|---|---|---|"]
     lines += [f"| `{n}` | {t} | {r} | {d} |" for n, t, r, d in rows]
-    return "\n".join(lines) + "\n\nRefused with a 400 rather than silently ignored: `n` above 1, `functions` (use `tools`), `logprobs` and a JSON `response_format`."
+    return "\n".join(lines) + "\n\nRefused with a 400 rather than silently ignored: `n` above 1, `functions` (use `tools`) and `logprobs`."
 
 
 def rate_limits_md(f: Facts) -> str:

@@ -115,7 +115,14 @@ VALID = {
     "tool_choice": st.sampled_from(["auto", "none"]),  # valid with or without tools; forced choices below
     "parallel_tool_calls": st.booleans(),
     "logprobs": st.sampled_from([False, None]),
-    "response_format": st.just({"type": "text"}),
+    "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}])
+    | st.fixed_dictionaries({
+        "type": st.just("json_schema"),
+        "json_schema": st.fixed_dictionaries(
+            {"name": st.from_regex(r"[a-zA-Z0-9_-]{1,64}", fullmatch=True), "schema": st.just({"type": "object"})},
+            optional={"strict": st.booleans(), "description": text},
+        ),
+    }),
     "user": anything,  # unknown fields are ignored
 }
 valid_bodies = st.fixed_dictionaries({"messages": valid_messages}, optional=VALID)

@@ -7,12 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from gptoss_space.backends.base import Backend, Delta, GenerationRequest
+from gptoss_space.backends.local.grammar import VocabularyCache
 from gptoss_space.backends.local.loading import LoadProgress
 from gptoss_space.backends.local.openmp import release_pool
 from gptoss_space.backends.local.sampling import Sampler
 from gptoss_space.backends.local.token_deltas import TokenDeltas
 from gptoss_space.backends.local.zerogpu import spaces_module
-from gptoss_space.errors import ContextLengthExceeded, GenerationFailed, ModelLoading
+from gptoss_space.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest, ModelLoading
 from gptoss_space.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class LocalBackend(Backend):
         self.harmony = False
         self.load_error: str | None = None
         self.progress = LoadProgress()
+        self._vocabulary = VocabularyCache()  # llguidance's view of the tokenizer, built at the first constrained request
 
     @property
     def native_date(self) -> bool:
@@ -170,12 +172,27 @@ class LocalBackend(Backend):
 
     # -- generation -----------------------------------------------------------------------------
 
+    async def _matcher(self, grammar: str):
+        """The row's grammar matcher, compiled off the event loop (the tokenizer's view is built once, at first use)."""
+        from gptoss_space.backends.local.grammar import GrammarError
+
+        try:
+            return await asyncio.to_thread(self._build_matcher, grammar)
+        except GrammarError as e:
+            raise InvalidRequest(f"Invalid 'response_format': {e}", param="response_format") from None
+
+    def _build_matcher(self, grammar: str):
+        n_vocab = int(getattr(self.loaded.model.config, "vocab_size", 0) or 0)
+        vocab = self._vocabulary.get(self.loaded.tokenizer, n_vocab=max(n_vocab, len(self.loaded.tokenizer)), eos_ids=self.eos_ids)
+        return vocab.matcher(grammar, harmony=self.harmony)
+
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         if not self.ready:
             raise ModelLoading("Model is loading, try again shortly", retry_after=5)
         from gptoss_space.backends.local.engine import Sequence
 
         self._tool_grammar(req)
+        matcher = await self._matcher(req.grammar) if req.grammar else None
         if sum(len(m["content"]) for m in req.messages) > _LONG_PROMPT_CHARS:
             prompt_ids = await asyncio.to_thread(self.encode, req)
         else:
@@ -212,7 +229,7 @@ class LocalBackend(Backend):
         seq = Sequence(
             prompt_ids=prompt_ids,
             max_new_tokens=max_new,
-            sampler=Sampler(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty, req.seed),
+            sampler=Sampler(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty, req.seed, grammar=matcher),
             on_token=on_token,
             on_finish=on_finish,
             on_error=put,

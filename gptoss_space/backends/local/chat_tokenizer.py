@@ -64,6 +64,8 @@ class ChatTokenizer:
         self.name_or_path = str(folder)
         # The Rust decode itself: what textstream.IncrementalDecoder calls per token.
         self.backend_decode = self._tokenizer.decode
+        # transformers' name for the `tokenizers.Tokenizer` underneath (grammar.py reads its JSON).
+        self.backend_tokenizer = self._tokenizer
 
     def unsupported_reason(self) -> str | None:
         """Why this tokenizer would differ from transformers' wrapper of the same tokenizer.json, or None."""

@@ -4,12 +4,15 @@
 softmax for the sampled rows; top_p sorts only the ids above a probability floor instead of the
 whole vocabulary (exact, see `_nucleus`), and a draw inverts the CDF with one uniform number
 (torch.multinomial over 49k ids costs about 2 ms a row on CPU). A seeded row draws from its own
-generator, so its output does not depend on the other rows.
+generator, so its output does not depend on the other rows. A row with a grammar (`grammar.Matcher`)
+chooses only among the ids it allows: its mask is applied to the logits first, then its matcher
+advances with the chosen id.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -23,6 +26,7 @@ class Sampler:
     seed: int | None = None
     counts: dict[int, int] = field(default_factory=dict)
     generator: torch.Generator | None = None
+    grammar: Any = None  # a grammar.Matcher: the row may only choose what it allows
 
     def __post_init__(self) -> None:
         if self.seed is not None:
@@ -45,6 +49,8 @@ class Sampler:
         return logits
 
     def note(self, token: int) -> None:
+        if self.grammar is not None:
+            self.grammar.advance(token)
         if self.presence_penalty or self.frequency_penalty:
             self.counts[token] = self.counts.get(token, 0) + 1
 
@@ -55,6 +61,11 @@ class Sampler:
 
 def choose(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
     """One token per row of `logits` [rows, vocab] (any float dtype), each row by its own sampler."""
+    constrained = [i for i, s in enumerate(samplers) if s.grammar is not None]
+    if constrained:
+        from gptoss_space.backends.local.grammar import apply_masks
+
+        logits = apply_masks(logits, constrained, [samplers[i].grammar for i in constrained])
     if not any(s.penalized or not s.greedy for s in samplers):
         tokens = _argmax(logits)  # the common greedy batch: one op, no float copy
     else:

@@ -153,6 +153,7 @@ class ProxyBackend(Backend):
             "tools": req.tools or None,
             "tool_choice": req.tool_choice if req.tools else None,
             "parallel_tool_calls": False if req.tools and not req.parallel_tool_calls else None,
+            "response_format": req.response_format,
         }
         body.update((k, v) for k, v in optional.items() if v is not None)
         return body
