@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -386,14 +385,6 @@ def test_embedded_model_with_tools_answers_in_openai_shape(model_server):
     assert "<tool_call>" not in (choice.message.content or "") or choice.finish_reason == "length"
 
 
-def _grammar_enforced() -> bool:
-    """The grammar engine (another part of issue 16) is merged: the engine's rows carry a grammar."""
-    from gptoss_space.backends.local.engine import Sequence
-
-    return any("grammar" in f.name or "matcher" in f.name for f in dataclasses.fields(Sequence))
-
-
-@pytest.mark.skipif(not _grammar_enforced(), reason="needs the llguidance engine that enforces GenerationRequest.grammar")
 @pytest.mark.parametrize("stream", [False, True])
 def test_forced_call_from_the_embedded_model_validates(model_server, stream):
     client = sdk(model_server)
