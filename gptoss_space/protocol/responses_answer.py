@@ -97,7 +97,7 @@ class ResponseBuilder:
         if d.content:
             events += self._text(d.content, "message")
         # Tool calls arrive as pieces in chat completions' shape: {"index", "id", "type", "function": {"name", "arguments"}}.
-        for piece in getattr(d, "tool_calls", None) or []:
+        for piece in d.tool_calls:
             events += self._call(piece)
         if d.finish_reason:
             events += self._finish(d)

@@ -180,7 +180,7 @@ def test_an_error_after_the_start_ends_the_stream_with_error_and_failed(scripted
 
 def tool_delta(pieces: list[dict]) -> Delta:
     d = Delta()
-    d.tool_calls = pieces  # the tool-calling branch adds this field to Delta; here it is set on the instance
+    d.tool_calls = pieces
     return d
 
 
@@ -414,3 +414,46 @@ def test_real_model_stream_deltas_join_to_the_final_text(model_server):
         assert stream.get_final_response().output_text == deltas
     else:
         assert seen[-1].type == "response.incomplete" and seen[-1].response.output_text == deltas
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+FUNCTION = {"type": "function", "name": "get_weather", "description": "The weather in a city", "parameters": WEATHER}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_real_model_forced_function_call_validates(model_server, stream):
+    import jsonschema
+
+    client = sdk(model_server)
+    kw = dict(model="m", input="What is the weather in Paris?", tools=[FUNCTION],
+              tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=80, temperature=0.7)
+    if stream:
+        with client.responses.stream(**kw) as s:
+            events = list(s)
+            r = s.get_final_response()
+        args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    else:
+        r = client.responses.create(**kw)
+    (call,) = [item for item in r.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id.startswith("call_") and call.status == "completed"
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+    if stream:
+        assert args == call.arguments  # the streamed pieces join to the item's arguments
+
+
+def test_real_model_text_format_json_schema_validates(model_server):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = sdk(model_server).responses.create(
+        model="m", input="Invent a person.", max_output_tokens=60, temperature=0.8,
+        text={"format": {"type": "json_schema", "name": "person", "schema": schema, "strict": True}},
+    )
+    assert r.status == "completed"
+    jsonschema.validate(json.loads(r.output_text), schema)
