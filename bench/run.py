@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench import paired, servers
 from bench.client import run_concurrent, stream_chat, time_to_first_byte, wait_ready
+from bench.grammar import grammar_figures
 from bench.report import Report, ms, tps, x
 
 log = logging.getLogger("bench")
@@ -100,10 +101,13 @@ async def main(a: argparse.Namespace, report: Report) -> None:
         await _page_ready(report, srv)
         base.quiet = srv.proc
         baselines, ours = await paired.measure(a, srv.chat_url, sets, base, progress=lambda m: print(m, flush=True))
+        print("a grammar's cost per token ...", flush=True)
+        grammar = await grammar_figures(srv.chat_url, tokens=min(a.tokens, 128), reps=a.reps)
     finally:
         srv.stop()
         base.close()
     _figures(a, report, baselines, ours, warm_start)
+    _grammar(report, grammar)
 
     # 3. Peers.
     peers = {"gptoss-space (ours)": ours["levels"]}
@@ -133,6 +137,15 @@ async def main(a: argparse.Namespace, report: Report) -> None:
         report.note(f"GPU: every figure above ran on CUDA ({torch.cuda.get_device_name(0)}), ours and the baselines in bfloat16.")
     else:
         report.skip("GPU figures", "no CUDA device in this run; on a GPU the same command measures everything on CUDA")
+
+
+def _grammar(report: Report, g: dict) -> None:
+    """7. Structured outputs: a json_schema stream's decode rate beside a free one, and 8 mixed clients (bench/grammar.py)."""
+    report.add("7. json_schema stream decode (grammar masks)", tps(g["constrained_tps"]), f"{tps(g['free_tps'])} free stream",
+               x(g["ratio"]), ">= 0.8x", g["ratio"] >= 0.8)
+    report.add(f"7. {g['clients']} mixed clients, half json_schema: aggregate", tps(g["mixed_batch_tps"]),
+               f"{tps(g['free_batch_tps'])} {g['clients']} free clients", x(g["mixed_ratio"]), ">= 0.8x", g["mixed_ratio"] >= 0.8)
+    report.note(f"Grammar runs (tok/s): free {g['free_runs']}, json_schema {g['constrained_runs']}; best runs {g['best_ratio']:.2f}x.")
 
 
 def _machine(a, settings) -> dict:
