@@ -91,6 +91,8 @@ class ChatService:
             reasoning_effort=chat.effort,
             now=now,
             inject_datetime=options.inject_datetime,
+            logprobs=bool(chat.logprobs),
+            top_logprobs=chat.top_logprobs or 0,
         )
 
     async def admit(self, client: str) -> Ticket:

@@ -23,6 +23,8 @@ class GenerationRequest:
     reasoning_effort: str | None = None
     now: datetime | None = None  # the injected date, for formats that carry it themselves (harmony)
     inject_datetime: bool = True
+    logprobs: bool = False  # each answer token's logprob on the Deltas
+    top_logprobs: int = 0  # and this many most likely alternatives (0..20), with logprobs
 
 
 @dataclass
@@ -34,6 +36,10 @@ class Delta:
     finish_reason: str | None = None  # "stop" | "length"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # With GenerationRequest.logprobs: OpenAI's entries for the tokens of this piece, each
+    # {"token": str, "logprob": float, "bytes": list[int], "top_logprobs": [{"token", "logprob", "bytes"}, ...]};
+    # [] on the last Delta (the marker that they were asked for). None: not asked.
+    logprobs: list[dict] | None = None
 
 
 class Backend(Protocol):

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gptoss_space.errors import InvalidRequest, PayloadTooLarge
 
@@ -80,11 +80,13 @@ class ChatRequest(BaseModel):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     reasoning: ReasoningOptions | None = None
     model: str | None = None
+    # Each answer token's logprob (and its top_logprobs most likely alternatives): OpenAI's range and rule.
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # Fields OpenAI clients rely on that this server cannot honour are refused, not ignored.
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
-    logprobs: bool | None = None
     response_format: dict | None = None
 
     @field_validator("max_tokens", "max_completion_tokens")
@@ -109,11 +111,11 @@ class ChatRequest(BaseModel):
             raise ValueError("tool calling is not supported by this server")
         return v
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported by this server")
+    def _top_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("logprobs") is not True:
+            raise ValueError("'logprobs' must be true when 'top_logprobs' is given")
         return v
 
     @field_validator("response_format")

@@ -42,6 +42,7 @@ class LocalBackend:
         self.harmony = False
         self.load_error: str | None = None
         self.progress = LoadProgress()
+        self._bytes_table = None
 
     @property
     def native_date(self) -> bool:
@@ -154,6 +155,14 @@ class LocalBackend:
     def _harmony_options(req: GenerationRequest) -> dict:
         return {"reasoning_effort": req.reasoning_effort or "medium", "now": req.now if req.inject_datetime else None}
 
+    def _token_bytes(self):
+        """The id -> token text and bytes table of the logprobs entries, built on first use."""
+        if self._bytes_table is None:
+            from gptoss_space.backends.local.token_logprobs import TokenBytes
+
+            self._bytes_table = TokenBytes(self.loaded.tokenizer)
+        return self._bytes_table
+
     # -- generation -----------------------------------------------------------------------------
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
@@ -177,10 +186,16 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
-        deltas = TokenDeltas(self.loaded.tokenizer, req.stop, harmony=self.harmony)
+        sampler = Sampler(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty, req.seed)
+        table = None
+        if req.logprobs:
+            sampler.top_logprobs = req.top_logprobs
+            table = self._token_bytes()
+        deltas = TokenDeltas(self.loaded.tokenizer, req.stop, harmony=self.harmony, logprobs=table)
 
         def on_token(token: int) -> bool:
-            delta = deltas.push(token)
+            # The engine chose `token` with this sampler, which kept its logprobs (sampling.py): one record per choice.
+            delta = deltas.push(token, sampler.records.popleft() if table is not None and sampler.records else None)
             if delta is not None:
                 put(delta)
             return deltas.stopped
@@ -195,7 +210,7 @@ class LocalBackend:
         seq = Sequence(
             prompt_ids=prompt_ids,
             max_new_tokens=max_new,
-            sampler=Sampler(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty, req.seed),
+            sampler=sampler,
             on_token=on_token,
             on_finish=on_finish,
             on_error=put,
@@ -208,7 +223,10 @@ class LocalBackend:
                     yield item
                 elif isinstance(item, _Done):
                     reason = "stop" if item.reason == "cancelled" else item.reason
-                    yield Delta(finish_reason=reason, prompt_tokens=len(prompt_ids), completion_tokens=item.completion_tokens)
+                    yield Delta(
+                        finish_reason=reason, prompt_tokens=len(prompt_ids), completion_tokens=item.completion_tokens,
+                        logprobs=[] if req.logprobs else None,
+                    )
                     return
                 else:
                     log.error("generation failed: %r", item)

@@ -133,7 +133,12 @@ class HarmonyParser:
     met inside a message. A model that breaks the format (the parser raises) is not an error:
     the held header and everything after it are streamed as content, decoded without special
     tokens, so the user still gets the text and never markup.
+
+    `routed` says where the last pushed id went: "content", "reasoning", or None (a header or
+    special token, or no text yet); the logprobs of the "content" ids are the answer's.
     """
+
+    routed: str | None = None
 
     def __init__(self, encoding=None):
         from openai_harmony import Role, StreamableParser, StreamState
@@ -141,6 +146,7 @@ class HarmonyParser:
         self._encoding = encoding or harmony_encoding()
         self._parser = StreamableParser(self._encoding, role=Role.ASSISTANT)
         self._header_state = StreamState.HEADER
+        self._content_state = StreamState.CONTENT
         self._held: list[int] = []  # ids of a header still being read: text if the format breaks
         self._plain: IncrementalDecoder | None = None
 
@@ -152,6 +158,7 @@ class HarmonyParser:
     def push(self, token: int) -> tuple[str, str]:
         from openai_harmony import HarmonyError
 
+        self.routed = "content"
         if self._plain is not None:
             return "", self._plain.push(token)
         parser = self._parser
@@ -163,13 +170,16 @@ class HarmonyParser:
             self._held.append(token)
         else:
             self._held.clear()
-        delta = parser.last_content_delta
-        if not delta or self._encoding.is_special_token(token):
+        if parser.state is not self._content_state or self._encoding.is_special_token(token):
+            self.routed = None
             return "", ""
         channel = parser.current_channel
         if channel == "analysis" or (channel == "commentary" and parser.current_recipient):
-            return delta, ""
-        return "", delta
+            self.routed = "reasoning"
+        delta = parser.last_content_delta
+        if not delta:
+            return "", ""
+        return (delta, "") if self.routed == "reasoning" else ("", delta)
 
     def finish(self) -> tuple[str, str]:
         """The end of the output: an unfinished header is released as text."""
