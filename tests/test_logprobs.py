@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 
 import httpx
 import openai
@@ -223,3 +225,49 @@ def test_gpt_oss_reports_the_final_channel_tokens_only(tmp_path):
     check_entries(entries, 3)
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert joined(streamed) == SCRIPT_CONTENT and len(streamed) == len(entries)
+
+
+# -- proxy mode: asked upstream, mapped back ------------------------------------------------------
+
+
+def test_the_proxy_forwards_logprobs_and_maps_them_back(model_server):
+    from tests.test_proxy_app import proxy_server
+
+    kwargs = dict(model="m", messages=Q, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    direct = openai.OpenAI(base_url=model_server.url + "/v1", api_key="unused")
+    url = model_server.url + "/v1/chat/completions"
+    with proxy_server(url, inject_datetime=False, upstream_model="", upstream_read_timeout_s=60) as server:
+        proxied = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        for _ in range(3):
+            minute = time.gmtime().tm_min  # the model's server injects the date: the prompt changes each minute
+            want, got = direct.chat.completions.create(**kwargs), proxied.chat.completions.create(**kwargs)
+            chunks = list(proxied.chat.completions.create(**kwargs, stream=True))
+            if time.gmtime().tm_min == minute:
+                break
+    entries = got.choices[0].logprobs.content
+    assert [e.token for e in entries] == [e.token for e in want.choices[0].logprobs.content]
+    assert len(entries) == got.usage.completion_tokens and joined(entries) == got.choices[0].message.content
+    check_entries(entries, 3)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
+
+
+def test_the_proxy_passes_only_well_formed_upstream_entries():
+    from tests.support.upstream import Reply, Upstream
+    from tests.test_proxy_app import proxy_server
+
+    good = {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+                                                                                 {"token": "x", "logprob": "high"}]}
+    hostile = [good, {"token": 5, "logprob": -1.0}, {"token": "!", "logprob": -0.1, "bytes": [999], "extra": "<script>"},
+               "nonsense", {"token": "?", "logprob": True}]
+    chunk = {"choices": [{"index": 0, "delta": {"content": "Hi!"}, "logprobs": {"content": hostile}, "finish_reason": "stop"}]}
+    body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    with Upstream(Reply(body=body, content_type="text/event-stream")) as up, proxy_server(up.url) as server:
+        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": Q, "logprobs": True, "top_logprobs": 2}, timeout=30)
+        sent = up.requests[0].json
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    assert r.json()["choices"][0]["logprobs"]["content"] == [
+        {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]},
+        {"token": "!", "logprob": -0.1, "bytes": None, "top_logprobs": []},
+    ]

@@ -37,7 +37,7 @@ class Delta:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     # With GenerationRequest.logprobs: OpenAI's entries for the tokens of this piece, each
-    # {"token": str, "logprob": float, "bytes": list[int], "top_logprobs": [{"token", "logprob", "bytes"}, ...]};
+    # {"token": str, "logprob": float, "bytes": list[int] | None, "top_logprobs": [{"token", "logprob", "bytes"}, ...]};
     # [] on the last Delta (the marker that they were asked for). None: not asked.
     logprobs: list[dict] | None = None
 

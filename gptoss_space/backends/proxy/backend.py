@@ -149,6 +149,8 @@ class ProxyBackend:
             "presence_penalty": req.presence_penalty or None,
             "frequency_penalty": req.frequency_penalty or None,
             "reasoning_effort": req.reasoning_effort or None,
+            "logprobs": True if req.logprobs else None,
+            "top_logprobs": req.top_logprobs if req.logprobs else None,
         }
         body.update((k, v) for k, v in optional.items() if v is not None)
         return body
@@ -173,7 +175,10 @@ class ProxyBackend:
                     except httpx.HTTPError as exc:
                         raise UpstreamError(f"Upstream stream interrupted: {self._reason(exc)}", status=502) from None
                     yield delta
-            yield reader.final()
+            final = reader.final()
+            if request.logprobs:
+                final.logprobs = []  # asked: the answer carries a logprobs object, if the upstream sent no entry
+            yield final
         finally:
             # Also when our caller closes us early (client gone): closing aborts the upstream request.
             try:
