@@ -89,11 +89,21 @@ VALID = {
     "model": text,
     "n": st.just(1),
     "tools": st.just([]),
-    "logprobs": st.sampled_from([False, None]),
+    "logprobs": st.booleans() | st.none(),
+    "top_logprobs": st.integers(0, 20) | st.sampled_from([0, 20]),  # needs logprobs true: see _logprobs_rule
     "response_format": st.just({"type": "text"}),
     "user": anything,  # unknown fields are ignored
 }
-valid_bodies = st.fixed_dictionaries({"messages": st.lists(valid_message, min_size=1, max_size=4)}, optional=VALID)
+
+
+def _logprobs_rule(body: dict) -> dict:
+    """OpenAI's rule: top_logprobs only with logprobs true."""
+    return {**body, "logprobs": True} if "top_logprobs" in body else body
+
+
+valid_bodies = st.fixed_dictionaries(
+    {"messages": st.lists(valid_message, min_size=1, max_size=4)}, optional=VALID
+).map(_logprobs_rule)
 SPOTS = [f for f in VALID if f != "user"] + ["messages", "messages[0]", "messages[0].role", "messages[0].content"]
 
 
@@ -191,6 +201,7 @@ def test_valid_bodies_with_edge_values_are_accepted_and_made_safe(body):
     assert gen.max_tokens is None or 1 <= gen.max_tokens <= 64
     assert gen.temperature == 0 or gen.temperature >= 1e-4  # tiny positive temperatures sample greedily
     assert gen.seed is None or -(2**63) <= gen.seed < 2**64
+    assert 0 <= gen.top_logprobs <= 20 and (gen.logprobs or not gen.top_logprobs)
 
 
 @settings(max_examples=examples(400), **FUZZ)
@@ -283,6 +294,9 @@ EDGES = [
     {"seed": 2**64},
     {"stop": ["\n", " ", "e", "a"], "max_tokens": 1},
     {"max_tokens": -1, "max_completion_tokens": 1},
+    {"logprobs": True, "top_logprobs": 20, "temperature": 2, "presence_penalty": 2, "frequency_penalty": -2},
+    {"logprobs": True, "top_logprobs": 0, "temperature": 5e-324, "stop": ["\n", " ", "e"]},
+    {"logprobs": True, "seed": 2**64 - 1, "stream": True},
 ]
 
 

@@ -271,3 +271,47 @@ def test_the_proxy_passes_only_well_formed_upstream_entries():
         {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]},
         {"token": "!", "logprob": -0.1, "bytes": None, "top_logprobs": []},
     ]
+
+
+# -- ZeroGPU: the records cross the worker's process boundary -------------------------------------
+
+
+def test_zerogpu_records_cross_the_process_boundary(monkeypatch):
+    import asyncio
+    import pickle
+
+    from gptoss_space.backends.base import GenerationRequest
+    from gptoss_space.backends.local.backend import LocalBackend
+    from tests.test_zerogpu import FakeSpaces
+
+    class PicklingSpaces(FakeSpaces):
+        """As in ZeroGPU's forked worker: the arguments and every yielded item are pickled copies."""
+
+        def GPU(self, task=None, *, duration=None):  # noqa: N802
+            def wrap(fn):
+                def run(*args, **kwargs):
+                    args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+                    for item in fn(*args, **kwargs):
+                        yield pickle.loads(pickle.dumps(item))
+
+                return run
+
+            return wrap(task) if task is not None else wrap
+
+    spaces = PicklingSpaces()
+    monkeypatch.setattr("gptoss_space.backends.local.zerogpu.spaces_module", lambda s: spaces if s.zero_gpu else None)
+    monkeypatch.setattr("gptoss_space.backends.local.backend.spaces_module", lambda s: spaces if s.zero_gpu else None)
+    backend = LocalBackend(make_settings(zero_gpu=True))
+
+    async def main():
+        await backend.start()
+        try:
+            return [d async for d in backend.stream(GenerationRequest(Q, 8, temperature=0, logprobs=True, top_logprobs=2))]
+        finally:
+            await backend.close()
+
+    deltas = asyncio.run(main())
+    entries = [e for d in deltas if d.logprobs for e in d.logprobs]
+    assert len(entries) == deltas[-1].completion_tokens >= 1 and deltas[-1].logprobs == []
+    assert b"".join(bytes(e["bytes"]) for e in entries).decode() == "".join(d.content for d in deltas)
+    assert all(len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["token"] == e["token"] for e in entries)

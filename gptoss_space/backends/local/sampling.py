@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 # What a -inf logprob is reported as (JSON has no infinity): vLLM's and OpenAI's "very unlikely".
 LOGPROB_FLOOR = -9999.0
 
