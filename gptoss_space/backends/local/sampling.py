@@ -138,12 +138,18 @@ def _choose_mixed(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
 
 
 def _record(logits: torch.Tensor, tokens: list[int], samplers: list[Sampler]) -> None:
-    """Each row's log_softmax: the chosen token's logprob and the top ones, appended to its sampler's records."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1).clamp_(min=LOGPROB_FLOOR)
-    chosen = logprobs.gather(1, torch.tensor(tokens, dtype=torch.long, device=logits.device)[:, None])[:, 0].tolist()
-    k = min(max(s.top_logprobs for s in samplers), logprobs.shape[-1])
-    top_values, top_ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0].long())
-    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    """Each row's log_softmax at the chosen token and at its top ids, appended to its sampler's records.
+
+    logits - logsumexp at the few ids needed: two passes over the vocabulary (logsumexp, topk)
+    and no [rows, vocab] log_softmax written out.
+    """
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    index = torch.tensor(tokens, dtype=torch.long, device=logits.device)[:, None]
+    chosen = (logits.gather(1, index) - lse)[:, 0].clamp_(min=LOGPROB_FLOOR).tolist()
+    k = min(max(s.top_logprobs for s in samplers), logits.shape[-1])
+    top_values, top_ids = logits.topk(k, dim=-1) if k else (logits[:, :0], logits[:, :0].long())
+    top_values, top_ids = (top_values - lse).clamp_(min=LOGPROB_FLOOR).tolist(), top_ids.tolist()
     for r, s in enumerate(samplers):
         n = s.top_logprobs
         s.records.append(TokenLogprobs(tokens[r], chosen[r], list(zip(top_ids[r][:n], top_values[r][:n]))))
