@@ -178,6 +178,12 @@ def test_sampled_logprobs_and_a_stop_sequence(client):
     tokens_text = joined(entries)
     assert tokens_text.startswith(stopped.choices[0].message.content) and "Paris" in tokens_text  # the stop's tokens count
     assert all(e.top_logprobs == [] for e in entries)
+    chunks = list(client.chat.completions.create(
+        model="m", messages=Q, max_tokens=30, temperature=0, stop=["Paris"], logprobs=True,
+        stream=True, stream_options={"include_usage": True},
+    ))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert len(streamed) == chunks[-1].usage.completion_tokens and joined(streamed) == tokens_text
 
 
 def test_not_asked_means_no_logprobs(client):

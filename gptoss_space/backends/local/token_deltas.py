@@ -19,7 +19,9 @@ class TokenDeltas:
     cut from the content, they still count in completion_tokens): the entries number the
     completion tokens. For harmony only the tokens of the answer (the final channel, or what the
     parser routes to content) get entries, as OpenAI reports none for reasoning tokens; the
-    analysis channel and the format's own tokens count in completion_tokens without one.
+    analysis channel and the format's own tokens count in completion_tokens without one. (vLLM's
+    chat serving builds the entries from all the output's token ids, so there they include the
+    analysis and the markup of gpt-oss; read in its code, not checked against a running vLLM.)
     """
 
     def __init__(self, tokenizer, stop: list[str], *, harmony: bool, logprobs=None):
