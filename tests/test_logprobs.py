@@ -259,7 +259,8 @@ def test_the_proxy_forwards_logprobs_and_maps_them_back(model_server):
     assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
 
 
-def test_the_proxy_passes_only_well_formed_upstream_entries():
+@pytest.mark.parametrize("as_json", [False, True], ids=["sse", "json"])
+def test_the_proxy_passes_only_well_formed_upstream_entries(as_json):
     from tests.support.upstream import Reply, Upstream
     from tests.test_proxy_app import proxy_server
 
@@ -267,9 +268,11 @@ def test_the_proxy_passes_only_well_formed_upstream_entries():
                                                                                  {"token": "x", "logprob": "high"}]}
     hostile = [good, {"token": 5, "logprob": -1.0}, {"token": "!", "logprob": -0.1, "bytes": [999], "extra": "<script>"},
                "nonsense", {"token": "?", "logprob": True}]
-    chunk = {"choices": [{"index": 0, "delta": {"content": "Hi!"}, "logprobs": {"content": hostile}, "finish_reason": "stop"}]}
-    body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
-    with Upstream(Reply(body=body, content_type="text/event-stream")) as up, proxy_server(up.url) as server:
+    key = "message" if as_json else "delta"
+    chunk = {"choices": [{"index": 0, key: {"content": "Hi!"}, "logprobs": {"content": hostile}, "finish_reason": "stop"}]}
+    body = json.dumps(chunk).encode() if as_json else f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    ctype = "application/json" if as_json else "text/event-stream"
+    with Upstream(Reply(body=body, content_type=ctype)) as up, proxy_server(up.url) as server:
         r = httpx.post(server.url + "/v1/chat/completions", json={"messages": Q, "logprobs": True, "top_logprobs": 2}, timeout=30)
         sent = up.requests[0].json
     assert sent["logprobs"] is True and sent["top_logprobs"] == 2
