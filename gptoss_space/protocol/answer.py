@@ -1,6 +1,6 @@
 """Deltas into the wire formats: one JSON completion, or SSE chunks ending in [DONE].
 
-Logprobs, when asked (a Delta's `logprobs` is a list, if only the last one's []): the completion's
+Logprobs, when asked (Deltas whose `logprobs` is a list: at least the last one, []): the completion's
 `choices[0].logprobs` is {"content": [every entry], "refusal": null}; each chunk whose delta
 brings entries carries them in `choices[0].logprobs.content`. Not asked: no `logprobs` key (the
 SDKs read null), as before.
