@@ -136,6 +136,8 @@ class ChatService:
             # Compiled (and refused with a 400) here, before the request queues; only a local backend enforces it.
             grammar=chat.grammar() if self.backend.kind == "local" else None,
             response_format=chat.response_format_sent,
+            logprobs=bool(chat.logprobs),
+            top_logprobs=chat.top_logprobs or 0,
         )
 
     async def admit(self, client: str) -> Ticket:

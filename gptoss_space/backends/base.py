@@ -35,6 +35,8 @@ class GenerationRequest:
     grammar: str | None = None
     # The client's response_format as it sent it, for a proxy to forward unchanged; None when absent.
     response_format: dict | None = None
+    logprobs: bool = False  # each answer token's logprob on the Deltas
+    top_logprobs: int = 0  # and this many most likely alternatives (0..20), with logprobs
 
 
 @dataclass
@@ -49,6 +51,10 @@ class Delta:
     finish_reason: str | None = None  # "stop" | "length" | "tool_calls"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # With GenerationRequest.logprobs: OpenAI's entries for the tokens of this piece, each
+    # {"token": str, "logprob": float, "bytes": list[int] | None, "top_logprobs": [{"token", "logprob", "bytes"}, ...]};
+    # [] on the last Delta (the marker that they were asked for). None: not asked.
+    logprobs: list[dict] | None = None
 
 
 class Backend(Protocol):

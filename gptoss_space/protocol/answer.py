@@ -1,4 +1,10 @@
-"""Deltas into the wire formats: one JSON completion, or SSE chunks ending in [DONE]."""
+"""Deltas into the wire formats: one JSON completion, or SSE chunks ending in [DONE].
+
+Logprobs, when asked (Deltas whose `logprobs` is a list: at least the last one, []): the completion's
+`choices[0].logprobs` is {"content": [every entry], "refusal": null}; each chunk whose delta
+brings entries carries them in `choices[0].logprobs.content`. Not asked: no `logprobs` key (the
+SDKs read null), as before.
+"""
 
 from __future__ import annotations
 
@@ -43,13 +49,17 @@ async def collect(deltas: AsyncIterator[Delta], model: str) -> dict:
     """Drain the stream into one chat.completion body (non-streaming is the stream drained)."""
     content, reasoning, calls = [], [], []
     last = Delta(finish_reason="stop", prompt_tokens=0, completion_tokens=0)
+    logprobs: list[dict] | None = None
     async for d in deltas:
         content.append(d.content)
         reasoning.append(d.reasoning)
         calls += d.tool_calls
+        if d.logprobs is not None:
+            logprobs = logprobs if logprobs is not None else []
+            logprobs.extend(d.logprobs)
         if d.finish_reason:
             last = d
-    return completion_body(
+    body = completion_body(
         id=new_completion_id(),
         created=now_unix(),
         model=model,
@@ -59,6 +69,13 @@ async def collect(deltas: AsyncIterator[Delta], model: str) -> dict:
         usage=usage_body(last.prompt_tokens or 0, last.completion_tokens or 0),
         tool_calls=join_tool_calls(calls),
     )
+    if logprobs is not None:
+        body["choices"][0]["logprobs"] = logprobs_body(logprobs)
+    return body
+
+
+def logprobs_body(entries: list[dict]) -> dict:
+    return {"content": entries, "refusal": None}
 
 
 async def sse_events(
@@ -71,12 +88,17 @@ async def sse_events(
     def chunk(d: Delta) -> bytes | None:
         nonlocal role_sent
         fields = _delta_fields(d)
+        if d.logprobs:
+            fields.setdefault("content", "")  # the entries' text may still be held back (a stop sequence's start)
         if not fields:
             return None
         if not role_sent:
             fields = {"role": "assistant", **fields}
             role_sent = True
-        return to_sse(chunk_body(id=cid, created=created, model=model, delta=fields))
+        body = chunk_body(id=cid, created=created, model=model, delta=fields)
+        if d.logprobs:
+            body["choices"][0]["logprobs"] = logprobs_body(d.logprobs)
+        return to_sse(body)
 
     async def deltas() -> AsyncIterator[Delta]:
         if first is not None:

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gptoss_space.errors import InvalidRequest, PayloadTooLarge
 from gptoss_space.protocol.response_format import ResponseFormat, format_grammar, parse_response_format
@@ -87,6 +87,9 @@ class ChatRequest(BaseModel):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     reasoning: ReasoningOptions | None = None
     model: str | None = None
+    # Each answer token's logprob (and its top_logprobs most likely alternatives): OpenAI's range and rule.
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # Fields OpenAI clients rely on that this server cannot honour are refused, not ignored.
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     tools: list[Tool] | None = None
@@ -94,7 +97,6 @@ class ChatRequest(BaseModel):
     parallel_tool_calls: bool | None = None  # false: at most one call per answer
     # The deprecated `functions`/`function_call` pair: refused, `tools` replaces it.
     functions: list[Any] | None = None
-    logprobs: bool | None = None
     response_format: ResponseFormat | None = None
 
     @field_validator("max_tokens", "max_completion_tokens")
@@ -124,11 +126,11 @@ class ChatRequest(BaseModel):
     def _tool_choice(cls, v: Any) -> Any:
         return parse_tool_choice(v)
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported by this server")
+    def _top_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("logprobs") is not True:
+            raise ValueError("'logprobs' must be true when 'top_logprobs' is given")
         return v
 
     @field_validator("response_format", mode="before")

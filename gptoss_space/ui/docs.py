@@ -58,12 +58,13 @@ def parameters_md(f: Facts) -> str:
         ("seed", "integer", "No", "Makes sampling repeatable"),
         ("presence_penalty, frequency_penalty", "number", "No", "-2.0 to 2.0 (default: 0)"),
         ("reasoning_effort", "string", "No", "`low`, `medium` or `high`: how long gpt-oss models think"),
+        ("logprobs, top_logprobs", "boolean, integer", "No", "Each answer token's logprob with `top_logprobs` (0–20, needs `logprobs: true`) alternatives, in `choices[0].logprobs.content`"),
         ("stream_options", "object", "No", '`{"include_usage": true}` adds a usage chunk before `[DONE]`'),
         ("model", "string", "No", f"Accepted for compatibility; this server always answers with `{f.model}`"),
     ]
     lines = ["| Parameter | Type | Required | Description |", "|---|---|---|---|"]
     lines += [f"| `{n}` | {t} | {r} | {d} |" for n, t, r, d in rows]
-    return "\n".join(lines) + "\n\nRefused with a 400 rather than silently ignored: `n` above 1, `functions` (use `tools`) and `logprobs`."
+    return "\n".join(lines) + "\n\nRefused with a 400 rather than silently ignored: `n` above 1 and `functions` (use `tools`)."
 
 
 def rate_limits_md(f: Facts) -> str:

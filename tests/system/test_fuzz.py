@@ -114,7 +114,8 @@ VALID = {
     "tools": st.lists(valid_tool, max_size=3, unique_by=lambda t: t["function"]["name"]),
     "tool_choice": st.sampled_from(["auto", "none"]),  # valid with or without tools; forced choices below
     "parallel_tool_calls": st.booleans(),
-    "logprobs": st.sampled_from([False, None]),
+    "logprobs": st.booleans() | st.none(),
+    "top_logprobs": st.integers(0, 20) | st.sampled_from([0, 20]),  # needs logprobs true: see _logprobs_rule
     "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}])
     | st.fixed_dictionaries({
         "type": st.just("json_schema"),
@@ -125,7 +126,14 @@ VALID = {
     }),
     "user": anything,  # unknown fields are ignored
 }
-valid_bodies = st.fixed_dictionaries({"messages": valid_messages}, optional=VALID)
+
+
+def _logprobs_rule(body: dict) -> dict:
+    """OpenAI's rule: top_logprobs only with logprobs true."""
+    return {**body, "logprobs": True} if "top_logprobs" in body else body
+
+
+valid_bodies = st.fixed_dictionaries({"messages": valid_messages}, optional=VALID).map(_logprobs_rule)
 SPOTS = [f for f in VALID if f != "user"] + ["messages", "messages[0]", "messages[0].role", "messages[0].content"]
 
 
@@ -275,6 +283,7 @@ def test_valid_bodies_with_edge_values_are_accepted_and_made_safe(body):
     assert gen.max_tokens is None or 1 <= gen.max_tokens <= 64
     assert gen.temperature == 0 or gen.temperature >= 1e-4  # tiny positive temperatures sample greedily
     assert gen.seed is None or -(2**63) <= gen.seed < 2**64
+    assert 0 <= gen.top_logprobs <= 20 and (gen.logprobs or not gen.top_logprobs)
 
 
 @st.composite
@@ -424,6 +433,9 @@ EDGES = [
     {"seed": 2**64},
     {"stop": ["\n", " ", "e", "a"], "max_tokens": 1},
     {"max_tokens": -1, "max_completion_tokens": 1},
+    {"logprobs": True, "top_logprobs": 20, "temperature": 2, "presence_penalty": 2, "frequency_penalty": -2},
+    {"logprobs": True, "top_logprobs": 0, "temperature": 5e-324, "stop": ["\n", " ", "e"]},
+    {"logprobs": True, "seed": 2**64 - 1, "stream": True},
 ]
 
 

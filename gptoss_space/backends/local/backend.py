@@ -44,6 +44,7 @@ class LocalBackend(Backend):
         self.load_error: str | None = None
         self.progress = LoadProgress()
         self._vocabulary = VocabularyCache()  # llguidance's view of the tokenizer, built at the first constrained request
+        self._bytes_table = None
 
     @property
     def native_date(self) -> bool:
@@ -170,6 +171,14 @@ class LocalBackend(Backend):
         if not self.harmony and req.grammar is None and needs_grammar(req.tools, req.tool_choice):
             req.grammar = tool_call_grammar(req.tools, req.tool_choice, req.parallel_tool_calls)
 
+    def _token_bytes(self):
+        """The id -> token text and bytes table of the logprobs entries, built on first use."""
+        if self._bytes_table is None:
+            from gptoss_space.backends.local.token_logprobs import TokenBytes
+
+            self._bytes_table = TokenBytes(self.loaded.tokenizer)
+        return self._bytes_table
+
     # -- generation -----------------------------------------------------------------------------
 
     async def _matcher(self, grammar: str):
@@ -209,12 +218,19 @@ class LocalBackend(Backend):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+        sampler = Sampler(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty, req.seed, grammar=matcher)
+        table = None
+        if req.logprobs:
+            sampler.top_logprobs = req.top_logprobs
+            table = self._token_bytes()
         deltas = TokenDeltas(
-            self.loaded.tokenizer, req.stop, harmony=self.harmony, tools=bool(req.tools), parallel=req.parallel_tool_calls
+            self.loaded.tokenizer, req.stop, harmony=self.harmony, tools=bool(req.tools), parallel=req.parallel_tool_calls,
+            logprobs=table,
         )
 
         def on_token(token: int) -> bool:
-            delta = deltas.push(token)
+            # The engine chose `token` with this sampler, which kept its logprobs (sampling.py): one record per choice.
+            delta = deltas.push(token, sampler.records.popleft() if table is not None and sampler.records else None)
             if delta is not None:
                 put(delta)
             return deltas.stopped
@@ -229,7 +245,7 @@ class LocalBackend(Backend):
         seq = Sequence(
             prompt_ids=prompt_ids,
             max_new_tokens=max_new,
-            sampler=Sampler(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty, req.seed, grammar=matcher),
+            sampler=sampler,
             on_token=on_token,
             on_finish=on_finish,
             on_error=put,
@@ -244,7 +260,10 @@ class LocalBackend(Backend):
                     reason = "stop" if item.reason == "cancelled" else item.reason
                     if reason == "stop" and deltas.called:
                         reason = "tool_calls"
-                    yield Delta(finish_reason=reason, prompt_tokens=len(prompt_ids), completion_tokens=item.completion_tokens)
+                    yield Delta(
+                        finish_reason=reason, prompt_tokens=len(prompt_ids), completion_tokens=item.completion_tokens,
+                        logprobs=[] if req.logprobs else None,
+                    )
                     return
                 else:
                     log.error("generation failed: %r", item)

@@ -184,7 +184,12 @@ class HarmonyParser:
     met inside a message. A model that breaks the format (the parser raises) is not an error:
     the held header and everything after it are streamed as content, decoded without special
     tokens, so the user still gets the text and never markup.
+
+    `routed` says where the last pushed id went: "content", "reasoning", or None (a header or
+    special token, or no text yet); the logprobs of the "content" ids are the answer's.
     """
+
+    routed: str | None = None
 
     def __init__(self, encoding=None, *, tools: bool = False, parallel: bool = True):
         from openai_harmony import Role, StreamableParser, StreamState
@@ -235,6 +240,7 @@ class HarmonyParser:
     def push(self, token: int) -> tuple[str, str]:
         from openai_harmony import HarmonyError
 
+        self.routed = "content"
         if self._plain is not None:
             return "", self._plain.push(token)
         parser = self._parser
@@ -247,16 +253,22 @@ class HarmonyParser:
         else:
             self._held.clear()
         self._route_call()
-        delta = parser.last_content_delta
-        if not delta or self._encoding.is_special_token(token) or self.done:
+        if parser.state is not self._content_state or self._encoding.is_special_token(token) or self.done:
+            self.routed = None
             return "", ""
+        delta = parser.last_content_delta
         if self._call_message == len(parser.messages) and self._function() is not None:
-            self._calls.append({"index": self.calls - 1, "function": {"arguments": delta}})
+            self.routed = None  # a call's arguments: no answer text, no logprob entry
+            if delta:
+                self._calls.append({"index": self.calls - 1, "function": {"arguments": delta}})
             return "", ""
         channel = parser.current_channel
         if channel == "analysis" or (channel == "commentary" and parser.current_recipient):
-            return delta, ""
-        return "", delta
+            self.routed = "reasoning"
+        delta = parser.last_content_delta
+        if not delta:
+            return "", ""
+        return (delta, "") if self.routed == "reasoning" else ("", delta)
 
     def finish(self) -> tuple[str, str]:
         """The end of the output: an unfinished header is released as text."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gptoss_space.backends.base import Delta
+from gptoss_space.backends.local.sampling import TokenLogprobs
 from gptoss_space.backends.local.textstream import IncrementalDecoder, StopMatcher
 
 
@@ -14,9 +15,21 @@ class TokenDeltas:
     models the Hermes `<tool_call>` blocks found in the content (after the stop sequences, as vLLM
     applies them to the whole text first). `called` says whether any call was made; with
     `parallel=False` the row ends once the first call is complete.
+
+    With `logprobs` (a token_logprobs.TokenBytes), each answer token's record becomes an entry
+    that rides on the next Delta with content (a token whose text is held back, an incomplete
+    character or the start of a possible stop sequence, waits with it), the rest on finish()'s.
+    Every token pushed gets one entry, the tokens of a matched stop sequence too (their text is
+    cut from the content, they still count in completion_tokens): the entries number the
+    completion tokens. For harmony only the tokens of the answer (the final channel, or what the
+    parser routes to content) get entries, as OpenAI reports none for reasoning tokens; the
+    analysis channel and the format's own tokens count in completion_tokens without one. (vLLM's
+    chat serving builds the entries from all the output's token ids, so there they include the
+    analysis and the markup of gpt-oss; read in its code, not checked against a running vLLM.)
     """
 
-    def __init__(self, tokenizer, stop: list[str], *, harmony: bool, tools: bool = False, parallel: bool = True):
+    def __init__(self, tokenizer, stop: list[str], *, harmony: bool, tools: bool = False, parallel: bool = True,
+                 logprobs=None):
         self._hermes = None
         if harmony:
             from gptoss_space.backends.local.harmony import HarmonyParser
@@ -29,6 +42,8 @@ class TokenDeltas:
 
                 self._hermes = HermesToolParser(parallel=parallel)
         self._stops = StopMatcher(stop)
+        self._table = logprobs
+        self._entries: list[dict] = []
 
     @property
     def stopped(self) -> bool:
@@ -36,14 +51,16 @@ class TokenDeltas:
 
     @property
     def _calls_done(self) -> bool:
-        return bool(self._hermes.done if self._hermes is not None else getattr(self._parser, "done", False))
+        return (self._hermes if self._hermes is not None else self._parser).done
 
     @property
     def called(self) -> bool:
-        return bool(self._hermes.called if self._hermes is not None else getattr(self._parser, "called", False))
+        return (self._hermes if self._hermes is not None else self._parser).called
 
-    def push(self, token: int) -> Delta | None:
+    def push(self, token: int, record: TokenLogprobs | None = None) -> Delta | None:
         reasoning, text = self._parser.push(token)
+        if record is not None and self._table is not None and self._parser.routed == "content":
+            self._entries.append(self._table.entry(record))
         return self._delta(reasoning, self._stops.feed(text), final=False)
 
     def finish(self) -> Delta | None:
@@ -51,22 +68,26 @@ class TokenDeltas:
         return self._delta(reasoning, self._stops.feed(text) + self._stops.flush(), final=True)
 
     def _delta(self, reasoning: str, content: str, *, final: bool) -> Delta | None:
-        calls: list[dict] = []
-        take = getattr(self._parser, "take_calls", None)
-        if take is not None:
-            calls = take()
+        calls = self._parser.take_calls()  # harmony's function calls
         if self._hermes is not None:
             content, calls = self._hermes.feed(content)
             if final:
                 more, tail = self._hermes.finish()
                 content, calls = content + more, calls + tail
-        if content or reasoning or calls:
-            return Delta(content=content, reasoning=reasoning, tool_calls=calls)
+        entries = None
+        if self._entries and (content or calls or final):
+            entries, self._entries = self._entries, []
+        if content or reasoning or calls or entries:
+            return Delta(content=content, reasoning=reasoning, tool_calls=calls, logprobs=entries)
         return None
 
 
 class _Plain:
     """A model without channels: every piece is content."""
+
+    routed = "content"
+    # Its tool calls, if any, are Hermes blocks in the content, read by TokenDeltas' HermesToolParser.
+    called = done = False
 
     def __init__(self, decoder: IncrementalDecoder):
         self._decoder = decoder
@@ -76,3 +97,6 @@ class _Plain:
 
     def finish(self) -> tuple[str, str]:
         return "", self._decoder.flush()
+
+    def take_calls(self) -> list[dict]:
+        return []

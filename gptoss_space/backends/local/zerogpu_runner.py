@@ -3,8 +3,8 @@
 On ZeroGPU a GPU exists only inside a call decorated with @spaces.GPU, which runs in a worker
 process: the engine thread cannot live there, and callbacks into the parent's event loop would
 fire in the wrong process. So the decorated function is a generator that runs the engine inline
-(`Engine.run_inline`) and yields plain picklable items: token ids, then ("stop"|"length", n), or
-an exception. A thread in the parent feeds them to the sequence's callbacks, so the rest of the
+(`Engine.run_inline`) and yields plain picklable items: token ids (each after its logprobs
+record when the request asked for them), then ("stop"|"length", n), or an exception. A thread in the parent feeds them to the sequence's callbacks, so the rest of the
 backend (detokenizing, stop sequences, harmony parsing, cancellation) is the same as elsewhere.
 """
 
@@ -14,6 +14,7 @@ import logging
 import threading
 
 from gptoss_space.backends.local.engine import Engine, Sequence
+from gptoss_space.backends.local.sampling import TokenLogprobs
 from gptoss_space.backends.local.zerogpu import duration_for_tokens, gpu_task
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,19 @@ class ZeroGPURunner:
             pad_id=self.pad_id, runner="transformers",
         )
         out: list = []
+
+        def on_token(token: int) -> bool:
+            # The worker's sampler is a copy: its logprobs record travels with the token to the parent's.
+            if sampler.records:
+                out.append(sampler.records.popleft())
+            out.append(token)
+            return False
+
         seq = Sequence(
             prompt_ids=prompt_ids,
             max_new_tokens=max_new_tokens,
             sampler=sampler,
-            on_token=lambda token: out.append(token) or False,
+            on_token=on_token,
             on_finish=lambda reason, n: out.append((reason, n)),
             on_error=out.append,
         )
@@ -84,7 +93,9 @@ class ZeroGPURunner:
                 if seq.cancelled.is_set():
                     seq.on_finish("cancelled", n)
                     return
-                if isinstance(item, int):
+                if isinstance(item, TokenLogprobs):
+                    seq.sampler.records.append(item)
+                elif isinstance(item, int):
                     n += 1
                     if seq.on_token(item):
                         seq.on_finish("stop", n)

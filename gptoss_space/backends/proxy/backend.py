@@ -154,6 +154,8 @@ class ProxyBackend(Backend):
             "tool_choice": req.tool_choice if req.tools else None,
             "parallel_tool_calls": False if req.tools and not req.parallel_tool_calls else None,
             "response_format": req.response_format,
+            "logprobs": True if req.logprobs else None,
+            "top_logprobs": req.top_logprobs if req.logprobs else None,
         }
         body.update((k, v) for k, v in optional.items() if v is not None)
         return body
@@ -178,7 +180,10 @@ class ProxyBackend(Backend):
                     except httpx.HTTPError as exc:
                         raise UpstreamError(f"Upstream stream interrupted: {self._reason(exc)}", status=502) from None
                     yield delta
-            yield reader.final()
+            final = reader.final()
+            if request.logprobs:
+                final.logprobs = []  # asked: the answer carries a logprobs object, if the upstream sent no entry
+            yield final
         finally:
             # Also when our caller closes us early (client gone): closing aborts the upstream request.
             try:

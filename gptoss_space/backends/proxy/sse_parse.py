@@ -147,9 +147,11 @@ class AnswerReader:
             self.completion_tokens = _int(usage.get("completion_tokens"))
         content = reasoning = ""
         calls: list[dict] = []
+        logprobs = None
         choices = chunk.get("choices") or []
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]  # we ask for one choice
+            logprobs = logprob_entries(choice.get("logprobs"))
             delta = choice.get("delta") or choice.get("message") or {}
             if isinstance(delta, dict):
                 content = _text(delta.get("content"))
@@ -160,10 +162,10 @@ class AnswerReader:
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
         if not content and not reasoning and not calls:
-            return None
+            return Delta(logprobs=logprobs) if logprobs else None
         self.text_chunks += 1
         self.text_chars += len(content) + len(reasoning) + sum(len(c["function"].get("arguments", "")) for c in calls)
-        return Delta(content=content, reasoning=reasoning, tool_calls=calls)
+        return Delta(content=content, reasoning=reasoning, tool_calls=calls, logprobs=logprobs or None)
 
     async def _from_completion(self) -> Delta | None:
         raw = bytearray()
@@ -192,6 +194,36 @@ class AnswerReader:
             prompt_tokens=self.prompt_tokens or 0,
             completion_tokens=completion,
         )
+
+
+def logprob_entries(value: Any) -> list[dict] | None:
+    """The entries of an upstream's `choices[0].logprobs.content`, rebuilt field by field (OpenAI's shape only).
+
+    An entry without a string token or a numeric logprob is left out; bytes that are not a list of
+    0..255 become null (OpenAI's "no bytes representation"); nothing else the upstream sent passes.
+    """
+    content = value.get("content") if isinstance(value, dict) else None
+    if not isinstance(content, list):
+        return None
+    out = []
+    for item in content:
+        entry = _logprob(item)
+        if entry is not None:
+            tops = item.get("top_logprobs")
+            entry["top_logprobs"] = [t for t in map(_logprob, tops if isinstance(tops, list) else []) if t is not None]
+            out.append(entry)
+    return out
+
+
+def _logprob(item: Any) -> dict | None:
+    if not isinstance(item, dict) or not isinstance(item.get("token"), str):
+        return None
+    logprob = item.get("logprob")
+    if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or not math.isfinite(logprob):
+        return None
+    data = item.get("bytes")
+    ok = isinstance(data, list) and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in data)
+    return {"token": item["token"], "logprob": float(logprob), "bytes": data if ok else None}
 
 
 async def _read_rest(events: AsyncIterator) -> None:
