@@ -9,17 +9,17 @@ Responses field. No state is kept: nothing can be retrieved, cancelled or contin
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from gptoss_space.errors import InvalidRequest, MethodNotAllowed
 from gptoss_space.http.admission import admit
-from gptoss_space.http.io import ReleasingStreamingResponse, Shutdown, read_body, shutting_down, until_disconnect
+from gptoss_space.http.answer import answer
+from gptoss_space.http.io import Shutdown, read_body, shutting_down
 from gptoss_space.protocol.request import parse_body
 from gptoss_space.protocol.responses import ResponsesRequest, validate_responses
 from gptoss_space.protocol.responses_answer import ResponseBuilder, collect_response, farewell, response_events
-from gptoss_space.protocol.sse import SSE_HEADERS
 from gptoss_space.ratelimit.client_ip import TrustedProxies
-from gptoss_space.service import ChatService, Generation
+from gptoss_space.service import ChatService
 
 OTHER_METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -39,8 +39,13 @@ def build_responses_router(service: ChatService, shutdown: Shutdown | None = Non
             req = service.build(chat)
             ticket = await admit(request, service, trusted, shutdown)
             builder = ResponseBuilder(translation.echo(req.temperature, req.top_p, chat.effort), model=service.model_name)
-            return await _answer(request, service.start(req, ticket), builder, stream=chat.stream, shutdown=shutdown,
-                                 write_timeout=settings.stream_write_timeout_s)
+            return await answer(
+                request, service.start(req, ticket), stream=chat.stream,
+                collect=lambda g: collect_response(g, builder),
+                events=lambda first, g: response_events(first, g, builder),
+                farewell=lambda: farewell(builder, shutting_down()), shutdown=shutdown,
+                write_timeout=settings.stream_write_timeout_s,
+            )
         except InvalidRequest as e:  # the bounds, and a context that is too long: named as the Responses field
             raise translation.rename(e) from None
 
@@ -49,30 +54,6 @@ def build_responses_router(service: ChatService, shutdown: Shutdown | None = Non
         raise MethodNotAllowed(f"Method {request.method} is not allowed on /v1/responses", allow=["POST"])
 
     return router
-
-
-async def _answer(request: Request, generation: Generation, builder: ResponseBuilder, *, stream: bool,
-                  shutdown: Shutdown, write_timeout: float | None) -> Response:
-    """As http/answer.py does for chat: the generation is closed on every path."""
-    if not stream:
-        async with generation:
-            body = await until_disconnect(request, collect_response(generation, builder), stop=shutdown.over)
-        return JSONResponse(body, headers=generation.headers)
-    try:
-        # The first delta before any byte: errors up to then (context too long, overload) keep their status.
-        first = await until_disconnect(request, anext(generation, None), stop=shutdown.over)
-    except BaseException:
-        await generation.aclose()
-        raise
-    return ReleasingStreamingResponse(
-        response_events(first, generation, builder),
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, **generation.headers},
-        on_close=generation.aclose,
-        shutdown=shutdown,
-        farewell=lambda: farewell(builder, shutting_down()),
-        write_timeout=write_timeout,
-    )
 
 
 def _schema() -> dict:

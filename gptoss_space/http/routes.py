@@ -9,15 +9,17 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from gptoss_space.errors import APIError, ErrorStyle, MethodNotAllowed, NotFound
-from gptoss_space.http.admission import admit as admit_request
+from gptoss_space.http.admission import admit
 from gptoss_space.http.answer import answer
-from gptoss_space.http.io import Shutdown, read_body
+from gptoss_space.http.io import Shutdown, read_body, shutting_down
+from gptoss_space.protocol.answer import collect, sse_events
 from gptoss_space.protocol.request import now_unix, parse_body, request_body_doc, validate_request
+from gptoss_space.protocol.sse import to_sse
 from gptoss_space.ratelimit.client_ip import TrustedProxies
-from gptoss_space.ratelimit.gate import Ticket
 from gptoss_space.service import ChatService
 
 log = logging.getLogger(__name__)
+
 
 def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIRouter:
     router = APIRouter()
@@ -30,14 +32,14 @@ def build_router(service: ChatService, shutdown: Shutdown | None = None) -> APIR
         raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
         body = validate_request(parse_body(raw, max_bytes=settings.max_body_bytes), stream_default=stream_default)
         req = service.build(body)
-        ticket = await admit(request)
+        ticket = await admit(request, service, trusted, shutdown)
+        model = service.model_name
         return await answer(
-            request, service.start(req, ticket), body, model=service.model_name, style=style,
-            shutdown=shutdown, write_timeout=settings.stream_write_timeout_s,
+            request, service.start(req, ticket), stream=body.stream,
+            collect=lambda g: collect(g, model),
+            events=lambda first, g: sse_events(first, g, model=model, style=style, include_usage=body.include_usage),
+            farewell=to_sse(shutting_down().body(style)), shutdown=shutdown, write_timeout=settings.stream_write_timeout_s,
         )
-
-    async def admit(request: Request) -> Ticket:
-        return await admit_request(request, service, trusted, shutdown)
 
     body_doc = request_body_doc()
 

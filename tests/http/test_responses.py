@@ -15,7 +15,7 @@ from gptoss_space.errors import ContextLengthExceeded, GenerationFailed, Invalid
 from gptoss_space.http.app import create_app
 from gptoss_space.protocol.responses import to_chat_body, translate
 from tests.conftest import make_settings
-from tests.support.fakes import ScriptedBackend
+from tests.ratelimit.test_limits_app import TimedBackend
 from tests.support.servers import LiveServer
 
 
@@ -333,23 +333,8 @@ def test_chat_field_names_map_back_to_responses_names():
 # -- the same gate as the chat route -----------------------------------------------------------------------
 
 
-class HeldBackend(ScriptedBackend):
-    def __init__(self, hold: float):
-        super().__init__()
-        self.hold = hold
-
-    async def stream(self, req):
-        self.running += 1
-        try:
-            await asyncio.sleep(self.hold)
-            yield Delta(content="ok")
-            yield Delta(finish_reason="stop", prompt_tokens=1, completion_tokens=1)
-        finally:
-            self.running -= 1
-
-
 def test_the_same_rate_limit_as_the_chat_route():
-    app = create_app(make_settings(rate_limit_enabled=True), backend=HeldBackend(0.05), with_ui=False)
+    app = create_app(make_settings(rate_limit_enabled=True), backend=TimedBackend(0.05), with_ui=False)
     chat = {"messages": [{"role": "user", "content": "hi"}]}
 
     async def main(url):

@@ -137,19 +137,26 @@ valid_bodies = st.fixed_dictionaries({"messages": valid_messages}, optional=VALI
 SPOTS = [f for f in VALID if f != "user"] + ["messages", "messages[0]", "messages[0].role", "messages[0].content"]
 
 
+def with_fault(body: dict, spot: str, bad, key: str) -> dict:
+    """`body` with `spot` (a field, `KEY[0]` or `KEY[0].field` of its list `key`) replaced by `bad`."""
+    if spot.startswith(f"{key}["):
+        if isinstance(body[key], str):  # Responses' input as a string: as the one message it stands for
+            body[key] = [{"role": "user", "content": body[key]}]
+        item = body[key][0] = dict(body[key][0])
+        if spot == f"{key}[0]":
+            body[key][0] = bad
+        else:
+            item[spot.split(".")[1]] = bad
+    else:
+        body[spot] = bad
+    return body
+
+
 @st.composite
 def one_fault(draw) -> tuple[dict, str]:
     """A valid body with one spot replaced by arbitrary JSON: a refusal must name that spot."""
-    body, spot, bad = draw(valid_bodies), draw(st.sampled_from(SPOTS)), draw(anything)
-    if spot.startswith("messages["):
-        message = body["messages"][0] = dict(body["messages"][0])
-        if spot == "messages[0]":
-            body["messages"][0] = bad
-        else:
-            message[spot.split(".")[1]] = bad
-    else:
-        body[spot] = bad
-    return body, spot
+    spot = draw(st.sampled_from(SPOTS))
+    return with_fault(draw(valid_bodies), spot, draw(anything), "messages"), spot
 
 
 bodies = valid_bodies | one_fault().map(lambda pair: pair[0]) | anything
@@ -183,18 +190,8 @@ RESPONSES_SPOTS = [f for f in RESPONSES_VALID if f != "user"] + ["input", "input
 
 @st.composite
 def one_responses_fault(draw) -> tuple[dict, str]:
-    body, spot, bad = draw(valid_responses), draw(st.sampled_from(RESPONSES_SPOTS)), draw(anything)
-    if spot.startswith("input["):
-        if isinstance(body["input"], str):
-            body["input"] = [{"role": "user", "content": body["input"]}]
-        item = body["input"][0] = dict(body["input"][0])
-        if spot == "input[0]":
-            body["input"][0] = bad
-        else:
-            item[spot.split(".")[1]] = bad
-    else:
-        body[spot] = bad
-    return body, spot
+    spot = draw(st.sampled_from(RESPONSES_SPOTS))
+    return with_fault(draw(valid_responses), spot, draw(anything), "input"), spot
 
 
 responses_bodies = valid_responses | one_responses_fault().map(lambda pair: pair[0]) | anything
