@@ -5,7 +5,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import gradio as gr
 from pydantic import ValidationError
@@ -23,6 +22,7 @@ from gptoss_space.protocol.request import ChatMessage
 from gptoss_space.ratelimit.client_ip import TrustedProxies, client_of
 from gptoss_space.ui.errors import record
 from gptoss_space.ui.parameters import DEFAULT_EFFORT, ChatParams, ParameterControls
+from gptoss_space.ui.render import Turn, notice, render
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,6 @@ EXAMPLES = [
     "Explain recursion to a ten-year-old.",
     "Write a haiku about the sea.",
 ]
-QUEUED = "⏳ Queued: waiting for a free slot…"
-GENERATING = "⚙️ Generating…"
-THINKING = "💭 Thinking"
 
 
 def _text(content) -> str:
@@ -85,17 +82,6 @@ def friendly(err: APIError) -> str:
     return "The model could not answer this time. Please try again."
 
 
-@dataclass
-class Turn:
-    """One answer as it grows: status is queued, generating or done."""
-
-    status: str = "queued"
-    content: str = ""
-    reasoning: str = ""
-    thinking_s: float | None = None
-    finish_reason: str | None = None
-
-
 class ChatRunner:
     """One chat turn through the service: the gate (queue, rate limit), the prompt options, the stream."""
 
@@ -122,12 +108,13 @@ class ChatRunner:
             yield turn
             started = time.monotonic()
             async for d in generation:
-                if d.content and turn.reasoning and turn.thinking_s is None:
+                if (d.content or d.tool_calls) and turn.reasoning and turn.thinking_s is None:
                     turn.thinking_s = time.monotonic() - started
                 turn.reasoning += d.reasoning
                 turn.content += d.content
+                turn.tool_calls += d.tool_calls
                 turn.finish_reason = d.finish_reason or turn.finish_reason
-                if d.content or d.reasoning:
+                if d.content or d.reasoning or d.tool_calls:
                     yield turn
                     if unread_updates(request) > MAX_UNREAD:
                         # A call posted and never read (/gradio_api/call/... without the GET): stop
@@ -151,35 +138,6 @@ def unread_updates(request) -> int:
     except AttributeError:  # no Gradio request (a direct call), or a Gradio without these internals
         return 0
     return waiting.qsize() if waiting is not None else 0
-
-
-def render(turn: Turn, cut_note: str = "") -> list[gr.ChatMessage]:
-    """A turn as Chatbot messages: a status notice, or the thinking (collapsed when done) and the answer."""
-    if turn.status == "queued":
-        return [notice(QUEUED, pending=True)]
-    out = []
-    if turn.reasoning:
-        done = bool(turn.content) or turn.status == "done"
-        meta = {"title": THINKING, "status": "done" if done else "pending"}
-        if turn.thinking_s is not None:
-            meta["duration"] = round(turn.thinking_s, 1)
-        out.append(gr.ChatMessage(role="assistant", content=turn.reasoning, metadata=meta))
-    if turn.content:
-        out.append(gr.ChatMessage(role="assistant", content=turn.content))
-    elif turn.status != "done":
-        if not turn.reasoning:
-            out.append(notice(GENERATING, pending=True))
-    elif not turn.reasoning:
-        out.append(notice("The model returned an empty answer."))
-    if turn.status == "done" and turn.finish_reason == "length" and cut_note:
-        out.append(notice(cut_note))
-    return out
-
-
-def notice(title: str, *, pending: bool = False) -> gr.ChatMessage:
-    """A status line in the chat; titled, so it is never sent back to the model as a turn."""
-    meta = {"title": title, "status": "pending" if pending else "done"}
-    return gr.ChatMessage(role="assistant", content="", metadata=meta)
 
 
 def build_chat(service, settings, controls: ParameterControls) -> gr.ChatInterface:

@@ -17,6 +17,7 @@ from gptoss_space.errors import (
 )
 from gptoss_space.protocol.request import MISSING_MESSAGES, chunk_body, completion_body, usage_body
 from gptoss_space.protocol.sse import DONE, to_sse
+from gptoss_space.protocol.tools import MAX_TOOLS
 from gptoss_space.ui.parameters import field_range
 from gptoss_space.ui.snippets import HELLO, STORY, Facts, Snippet, snippet, snippets  # noqa: F401  (the docs' public surface)
 
@@ -49,7 +50,7 @@ def parameters_md(f: Facts) -> str:
     t_lo, t_hi, _ = field_range("default_temperature")
     _, p_hi, _ = field_range("default_top_p")
     rows = [
-        ("messages", "array", "✅ Yes", f"Message objects with `role` (`system`, `developer`, `user`, `assistant`) and `content` (a string or text parts); at most {s.max_messages} messages and {s.max_total_chars:,} characters"),
+        ("messages", "array", "✅ Yes", f"Message objects with `role` (`system`, `developer`, `user`, `assistant`, `tool`) and `content` (a string or text parts); at most {s.max_messages} messages and {s.max_total_chars:,} characters. An `assistant` message may carry the `tool_calls` it made; a `tool` message answers one, naming its `tool_call_id`"),
         ("stream", "boolean", "No", "Stream the answer as server-sent events (default: `true` on `/api`, `false` on `/v1/chat/completions`)"),
         ("temperature", "number", "No", f"Sampling temperature {t_lo:g}–{t_hi:g}; 0 is greedy (default: {s.default_temperature:g})"),
         ("max_tokens", "integer", "No", f"Most tokens to generate; `-1` = unlimited, up to this server's cap of {s.max_tokens_cap} (default: -1). `max_completion_tokens` is an alias"),
@@ -58,6 +59,10 @@ def parameters_md(f: Facts) -> str:
         ("seed", "integer", "No", "Makes sampling repeatable"),
         ("presence_penalty, frequency_penalty", "number", "No", "-2.0 to 2.0 (default: 0)"),
         ("reasoning_effort", "string", "No", "`low`, `medium` or `high`: how long gpt-oss models think"),
+        ("tools", "array", "No", f"Functions the model may call: `{{\"type\": \"function\", \"function\": {{\"name\", \"description\", \"parameters\"}}}}`, `parameters` a JSON Schema object (at most {MAX_TOOLS}). Calls come back in `message.tool_calls` (streamed in `delta.tool_calls`) with `finish_reason: \"tool_calls\"`"),
+        ("tool_choice", "string or object", "No", "`auto` (the default with tools), `none`, `required`, or `{\"type\": \"function\", \"function\": {\"name\": …}}`; `required` and a named function are enforced token by token, so the arguments always follow the schema"),
+        ("parallel_tool_calls", "boolean", "No", "`false`: at most one call per answer (default: `true`)"),
+        ("response_format", "object", "No", "`{\"type\": \"json_object\"}`, or `{\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\", \"strict\"}}`: the answer follows it token by token (llguidance), so it parses unless `max_tokens` cuts it; a schema that cannot be compiled gets a 400"),
         ("logprobs, top_logprobs", "boolean, integer", "No", "Each answer token's logprob with `top_logprobs` (0–20, needs `logprobs: true`) alternatives, in `choices[0].logprobs.content`"),
         ("stream_options", "object", "No", '`{"include_usage": true}` adds a usage chunk before `[DONE]`'),
         ("model", "string", "No", f"Accepted for compatibility; this server always answers with `{f.model}`"),

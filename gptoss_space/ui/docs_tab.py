@@ -50,6 +50,16 @@ async (endpoint, body) => {
 STOP_JS = "() => { if (window.__gsTry) window.__gsTry.abort(); return []; }"
 
 
+# The quick-start tabs: (tab name, element id suffix, snippet keys).
+SNIPPET_TABS = [
+    ("cURL", "curl", ["curl", "curl_stream"]),
+    ("Python", "python", ["python", "python_stream", "openai", "openai_responses"]),
+    ("Tools, JSON, logprobs", "features", ["openai_tools", "openai_json", "openai_logprobs"]),
+    ("JavaScript", "javascript", ["js", "js_stream"]),
+    ("gradio_client", "gradio-client", ["gradio"]),
+]
+
+
 def try_body(settings) -> str:
     body = {
         "messages": [{"role": "user", "content": docs.HELLO}],
@@ -82,15 +92,9 @@ def build_docs(settings, facts_for: Callable[[str], docs.Facts], initial_base: s
         gr.Markdown("🎉 **API is live!** Start making requests right away — no API key required.", elem_classes=["gs-live"])
         md(docs.endpoints_md, elem_id="docs-base", elem_classes=["gs-table"])
         gr.Markdown("### ⚡ Quick start")
-        groups = [
-            ("cURL", ["curl", "curl_stream"]),
-            ("Python", ["python", "python_stream", "openai", "openai_responses"]),
-            ("JavaScript", ["js", "js_stream"]),
-            ("gradio_client", ["gradio"]),
-        ]
         with gr.Tabs(elem_id="docs-quickstart"):
-            for name, keys in groups:
-                with gr.Tab(name, elem_id=f"docs-tab-{name.lower().replace('_', '-')}"):
+            for name, slug, keys in SNIPPET_TABS:
+                with gr.Tab(name, elem_id=f"docs-tab-{slug}"):
                     for key in keys:
                         s = docs.snippet(f0, key)
                         code(lambda f, key=key: docs.snippet(f, key).code, s.language, s.title, elem_id=f"snippet-{key}")

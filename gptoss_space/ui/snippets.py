@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 HELLO = "Hello! Who created you?"
 STORY = "Tell me a short story!"
+WEATHER = "What's the weather in Paris?"
+PERSON = "Invent a person: a name and an age."
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,76 @@ with client.responses.stream(model="{f.model}", input="{STORY}") as stream:
         if event.type == "response.output_text.delta":
             print(event.delta, end="", flush=True)
 print()
+"""),
+        Snippet("openai_tools", "Tool call (openai SDK)", "python", f"""import json
+from openai import OpenAI
+
+client = OpenAI(base_url="{base}/v1", api_key="not-needed")
+
+tools = [{{
+    "type": "function",
+    "function": {{
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {{
+            "type": "object",
+            "properties": {{"city": {{"type": "string", "maxLength": 40}}}},
+            "required": ["city"],
+            "additionalProperties": False,
+        }},
+    }},
+}}]
+completion = client.chat.completions.create(
+    model="{f.model}",
+    messages=[{{"role": "user", "content": "{WEATHER}"}}],
+    tools=tools,
+    # "auto" lets the model choose; naming the function makes it call that one.
+    tool_choice={{"type": "function", "function": {{"name": "get_weather"}}}},
+    max_tokens=40,
+)
+call = completion.choices[0].message.tool_calls[0]
+print(call.function.name, call.function.arguments)
+arguments = json.loads(call.function.arguments)  # a forced call's arguments always follow the schema
+# Run the function, then send its result back in a second request: the assistant message with its
+# tool_calls, then {{"role": "tool", "tool_call_id": call.id, "content": "<the result>"}}.
+"""),
+        Snippet("openai_json", "Structured output (openai SDK)", "python", f"""import json
+from openai import OpenAI
+
+client = OpenAI(base_url="{base}/v1", api_key="not-needed")
+
+schema = {{
+    "type": "object",
+    "properties": {{
+        "name": {{"type": "string", "maxLength": 20}},
+        "age": {{"type": "integer", "minimum": 0, "maximum": 120}},
+    }},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}}
+completion = client.chat.completions.create(
+    model="{f.model}",
+    messages=[{{"role": "user", "content": "{PERSON}"}}],
+    response_format={{"type": "json_schema", "json_schema": {{"name": "person", "schema": schema, "strict": True}}}},
+    max_tokens=40,
+)
+person = json.loads(completion.choices[0].message.content)  # follows the schema, token by token
+print(person)
+"""),
+        Snippet("openai_logprobs", "Logprobs (openai SDK)", "python", f"""from openai import OpenAI
+
+client = OpenAI(base_url="{base}/v1", api_key="not-needed")
+
+completion = client.chat.completions.create(
+    model="{f.model}",
+    messages=[{{"role": "user", "content": "{HELLO}"}}],
+    logprobs=True,
+    top_logprobs=3,
+    max_tokens=16,
+)
+for entry in completion.choices[0].logprobs.content:
+    alternatives = ", ".join(f"{{alt.token!r}} {{alt.logprob:.2f}}" for alt in entry.top_logprobs)
+    print(f"{{entry.token!r:>14}} {{entry.logprob:7.3f}}   top 3: {{alternatives}}")
 """),
         Snippet("js", "JavaScript (fetch)", "javascript", f"""const response = await fetch("{base}/api", {{
   method: "POST",

@@ -14,6 +14,7 @@ import pytest
 from gptoss_space.http.app import create_app
 from gptoss_space.settings import Settings
 from gptoss_space.ui import docs
+from gptoss_space.ui.docs_tab import SNIPPET_TABS
 from tests.support.fakes import ScriptedBackend
 from tests.support.servers import LiveServer
 
@@ -174,8 +175,8 @@ def docs_page(ui_server, browser):
     shown = page.locator("#docs-base").inner_text()
     base = re.search(r"https?://[^\s/]+", shown).group(0)
     codes = {}
-    for tab in ("cURL", "Python", "JavaScript", "gradio_client"):
-        page.locator("#docs-quickstart").get_by_role("tab", name=tab).click()
+    for tab, _, _ in SNIPPET_TABS:
+        page.locator("#docs-quickstart").get_by_role("tab", name=tab, exact=True).click()
         for s in docs.snippets(docs.Facts(base, "", ui_server.settings)):
             block = page.locator(f"#snippet-{s.key}")
             if s.key not in codes and block.count() and block.is_visible():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -14,8 +15,9 @@ import pytest
 from gptoss_space.backends.base import Delta
 from gptoss_space.errors import GenerationFailed, Overloaded, RateLimited
 from gptoss_space.ui import docs
-from gptoss_space.ui.chat import THINKING, friendly, history_messages
+from gptoss_space.ui.chat import friendly, history_messages
 from gptoss_space.ui.parameters import field_range
+from gptoss_space.ui.render import THINKING, TOOL_CALL, Turn, render
 from tests.support.servers import LiveServer
 from tests.support.ui_helpers import (  # noqa: F401  (fixtures)
     FRAME_HTML,
@@ -66,6 +68,54 @@ def test_refusals_read_as_advice_with_the_wait():
     assert "busy" in friendly(Overloaded("x", retry_after=5)) and "5 s" in friendly(Overloaded("x", retry_after=5))
     assert "internal" not in friendly(GenerationFailed("internal detail"))
     assert field_range("default_top_p") == (0.0, 1.0, True)
+
+
+WEATHER_CALL = [  # one call as a backend streams it: id and name first, then the arguments in pieces
+    {"index": 0, "id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
+    {"index": 0, "function": {"arguments": '{"city": '}},
+    {"index": 0, "function": {"arguments": '"Paris"}'}},
+]
+
+
+def test_tool_calls_render_as_collapsible_blocks_after_the_thinking():
+    turn = Turn(status="generating", reasoning="I should look it up.", tool_calls=WEATHER_CALL[:2])
+    thinking, call = render(turn)
+    assert thinking.metadata["title"] == THINKING and thinking.metadata["status"] == "done"  # a call ends the thinking
+    assert call.metadata == {"title": f'{TOOL_CALL}: get_weather({{"city":)', "status": "pending"}  # open while written
+    assert call.content == '```\n{"city": \n```'  # not JSON yet: shown as written so far
+    turn.tool_calls += WEATHER_CALL[2:] + [
+        {"index": 1, "id": "call_t2", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "CET"}'}},
+    ]
+    turn.status, turn.finish_reason = "done", "tool_calls"
+    _, weather, time_call = render(turn, "cut")
+    assert weather.metadata == {"title": f'{TOOL_CALL}: get_weather({{"city": "Paris"}})', "status": "done"}
+    assert weather.content == '```json\n{\n  "city": "Paris"\n}\n```'
+    assert time_call.metadata["title"] == f'{TOOL_CALL}: get_time({{"zone": "CET"}})'
+
+
+def test_a_turn_of_calls_alone_is_not_empty_and_long_arguments_are_cut_in_the_title():
+    args = json.dumps({"text": "x" * 300, "code": "```py\nprint(1)\n```"})
+    pieces = [{"index": 0, "id": "c", "type": "function", "function": {"name": "note", "arguments": args}}]
+    messages = render(Turn(status="done", tool_calls=pieces, finish_reason="tool_calls"))
+    assert len(messages) == 1, "no 'empty answer' notice when the model called a function"
+    (call,) = messages
+    assert call.metadata["title"].startswith(f"{TOOL_CALL}: note(") and call.metadata["title"].endswith("…)")
+    assert len(call.metadata["title"]) < 120
+    assert call.content.startswith("````json\n") and call.content.endswith("\n````")  # a fence the arguments cannot close
+    assert json.loads(call.content[len("````json"):-len("````")]) == json.loads(args)
+    answer_and_call = render(Turn(status="done", content="Let me check.", tool_calls=pieces))
+    assert [m.content for m in answer_and_call][0] == "Let me check." and len(answer_and_call) == 2
+    assert [m.metadata.get("title") for m in render(Turn(status="generating"))] == ["⚙️ Generating…"]
+
+
+def test_parameters_table_lists_every_request_field():
+    from gptoss_space.settings import Settings
+
+    table = docs.parameters_md(docs.Facts("http://x", "m", Settings()))
+    for name in ("messages", "stream", "temperature", "max_tokens", "top_p", "stop", "seed", "presence_penalty",
+                 "frequency_penalty", "reasoning_effort", "tools", "tool_choice", "parallel_tool_calls",
+                 "response_format", "logprobs", "top_logprobs", "stream_options", "model"):
+        assert re.search(rf"^\| `[^`]*\b{name}\b[^`]*` \|", table, re.M), f"{name} is not in the parameters table"
 
 
 # -- the real model, through the page ---------------------------------------------------------
@@ -168,8 +218,8 @@ def test_docs_show_this_servers_url(ui_server, docs_page):
 
 
 @requires_chromium
-@pytest.mark.parametrize("key", ["curl", "curl_stream", "python", "python_stream", "openai", "openai_responses", "js", "js_stream",
-                                 "gradio"])
+@pytest.mark.parametrize("key", ["curl", "curl_stream", "python", "python_stream", "openai", "openai_responses", "openai_tools",
+                                 "openai_json", "openai_logprobs", "js", "js_stream", "gradio"])
 def test_documented_snippet_runs_as_written(ui_server, docs_page, key, tmp_path):
     if key.startswith("js") and not shutil.which("node"):
         pytest.skip("node is not installed")
@@ -179,6 +229,19 @@ def test_documented_snippet_runs_as_written(ui_server, docs_page, key, tmp_path)
         assert json.loads(out)["choices"][0]["message"]["content"]
     elif key == "curl_stream":
         assert out.rstrip().endswith("data: [DONE]") and '"delta"' in out
+    elif key == "openai_tools":  # the forced call: its name, then arguments that follow the schema
+        name, arguments = out.strip().split(" ", 1)
+        assert name == "get_weather"
+        assert list(json.loads(arguments)) == ["city"] and 0 < len(json.loads(arguments)["city"]) <= 40
+    elif key == "openai_json":
+        person = ast.literal_eval(out.strip())
+        assert set(person) == {"name", "age"} and isinstance(person["name"], str) and 0 <= person["age"] <= 120
+    elif key == "openai_logprobs":  # one line per answer token: its logprob, then 3 alternatives with theirs
+        lines = out.strip().splitlines()
+        assert 1 <= len(lines) <= 16
+        for line in lines:
+            numbers = [float(x) for x in re.findall(r"['\"] +(-?\d+\.\d+)", line)]
+            assert len(numbers) == 4 and all(x <= 0 for x in numbers), line
     else:
         assert out.strip(), f"{key} printed nothing"
 
@@ -266,6 +329,33 @@ def test_reasoning_shows_as_a_collapsed_thinking_section(scripted_ui_server, ope
     assert turns[-3:] == [("user", "What is the answer?"), ("assistant", "The answer is 42."), ("user", "And why?")]
     open_tab(page, "Parameters")
     assert "gpt-oss (harmony) model" in page.locator("#param-effort").inner_text()
+
+
+@requires_chromium
+def test_tool_calls_show_as_collapsed_blocks(scripted_ui_server, open_page):
+    backend = scripted_ui_server.backend
+    pieces = [Delta(tool_calls=[p]) for p in WEATHER_CALL]
+    backend.enqueue(Delta(reasoning="The user wants the weather. "), *pieces, finish_reason="tool_calls", delay=0.4)
+    page = open_page(scripted_ui_server.url)
+    n = send(page, "What's the weather in Paris?")
+    call = page.locator("#gs-chatbot .message.bot .thought-group", has_text=f"{TOOL_CALL}: get_weather")
+    call.wait_for()  # shown while its arguments still arrive
+    wait_turn(page, n)
+    bot = page.locator("#gs-chatbot .message.bot").last
+    titles = bot.locator(".thought-group > [role=button]").all_inner_texts()
+    assert len(titles) == 2 and THINKING in titles[0], titles  # the thinking, then the call
+    assert f'{TOOL_CALL}: get_weather({{"city": "Paris"}})' in titles[1]
+    assert "empty answer" not in bot.inner_text()
+    assert call.locator("pre").count() == 0, "the call collapses once the turn is done"
+    call.locator("> [role=button]").click()
+    call.locator("pre").wait_for()
+    assert json.loads(call.locator("pre").inner_text()) == {"city": "Paris"}  # the arguments, as indented JSON
+    page.wait_for_timeout(300)  # the block's opening animation
+    shot(page, "desktop-tool-call")
+    n = send(page, "Thanks!")
+    wait_turn(page, n)
+    turns = [(m["role"], m["content"]) for m in backend.requests[-1].messages]
+    assert turns[-2:] == [("user", "What's the weather in Paris?"), ("user", "Thanks!")]  # a call is not a turn
 
 
 @requires_chromium
