@@ -236,11 +236,6 @@ def translate(data: Any) -> Translation:
     return Translation(req, body, origins)
 
 
-def to_chat_body(data: Any) -> dict:
-    """The chat-completions body a Responses body becomes (dict in, dict out)."""
-    return translate(data).body
-
-
 def validate_responses(data: Any) -> tuple[Translation, ChatRequest]:
     """The Responses body, translated and checked by the chat validator; every refusal names the Responses field."""
     t = translate(data)

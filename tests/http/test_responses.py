@@ -13,10 +13,15 @@ import pytest
 from gptoss_space.backends.base import Delta
 from gptoss_space.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest
 from gptoss_space.http.app import create_app
-from gptoss_space.protocol.responses import to_chat_body, translate
+from gptoss_space.protocol.responses import translate
 from tests.conftest import make_settings
 from tests.ratelimit.test_limits_app import TimedBackend
 from tests.support.servers import LiveServer
+
+
+def chat_body(data) -> dict:
+    """The chat-completions body a Responses body becomes."""
+    return translate(data).body
 
 
 def sdk(server) -> openai.OpenAI:
@@ -279,7 +284,7 @@ def test_other_methods_get_405_and_stored_responses_404(scripted_server):
 
 
 def test_translation_of_tools_tool_choice_and_text_format():
-    body = to_chat_body({
+    body = chat_body({
         "input": "q", "parallel_tool_calls": False,
         "tools": [{"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}, "strict": True}],
         "tool_choice": {"type": "function", "name": "f"},
@@ -290,12 +295,12 @@ def test_translation_of_tools_tool_choice_and_text_format():
     assert body["tool_choice"] == {"type": "function", "function": {"name": "f"}} and body["parallel_tool_calls"] is False
     assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"},
                                                                             "strict": True}}
-    assert to_chat_body({"input": "q", "text": {"format": {"type": "json_object"}}})["response_format"] == {"type": "json_object"}
-    assert to_chat_body({"input": "q", "tool_choice": "required"})["tool_choice"] == "required"
+    assert chat_body({"input": "q", "text": {"format": {"type": "json_object"}}})["response_format"] == {"type": "json_object"}
+    assert chat_body({"input": "q", "tool_choice": "required"})["tool_choice"] == "required"
 
 
 def test_translation_of_function_call_items_and_reasoning():
-    body = to_chat_body({"input": [
+    body = chat_body({"input": [
         {"role": "user", "content": "Weather in Paris and Rome?"},
         {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "Two calls."}]},
         {"type": "function_call", "call_id": "c1", "name": "w", "arguments": '{"city":"Paris"}'},
