@@ -346,7 +346,10 @@ def test_tool_calls_show_as_collapsed_blocks(scripted_ui_server, open_page):
     assert len(titles) == 2 and THINKING in titles[0], titles  # the thinking, then the call
     assert f'{TOOL_CALL}: get_weather({{"city": "Paris"}})' in titles[1]
     assert "empty answer" not in bot.inner_text()
-    assert call.locator("pre").count() == 0, "the call collapses once the turn is done"
+    from playwright.sync_api import expect
+
+    # The call collapses once the turn is done (the page re-renders a moment after the last update).
+    expect(call.locator("pre")).to_have_count(0, timeout=5_000)
     call.locator("> [role=button]").click()
     call.locator("pre").wait_for()
     assert json.loads(call.locator("pre").inner_text()) == {"city": "Paris"}  # the arguments, as indented JSON
