@@ -142,6 +142,10 @@ def test_page_has_a_header_and_three_tabs(ui_server, open_page):
 def test_chat_streams_text_as_it_is_written(ui_server, open_page):
     page = open_page(ui_server.url)
     n = send(page, "Tell me a story about a lighthouse keeper.")
+    deadline = time.monotonic() + 30  # the first words (a loaded machine may take seconds to them)
+    while not bot_text(page):
+        assert time.monotonic() < deadline, "no text arrived"
+        time.sleep(0.05)
     lengths = growth(page, 2.5)
     seen = sorted({x for x in lengths if x > 0})
     assert len(seen) >= 3, f"no streaming seen: {lengths}"
