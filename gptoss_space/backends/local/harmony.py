@@ -265,7 +265,6 @@ class HarmonyParser:
         channel = parser.current_channel
         if channel == "analysis" or (channel == "commentary" and parser.current_recipient):
             self.routed = "reasoning"
-        delta = parser.last_content_delta
         if not delta:
             return "", ""
         return (delta, "") if self.routed == "reasoning" else ("", delta)
